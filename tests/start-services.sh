@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Start the daemons the integration tests need, where no init system has done it (CI, containers).
-# Idempotent; does nothing for a non-root user.
+# Idempotent; libvirtd is started only by root.
 set -u
-[ "$(id -u)" = 0 ] || exit 0
-if command -v libvirtd >/dev/null 2>&1; then
+# (each block below is independent: a failure is reported, and the tests that need it fail)
+if [ "$(id -u)" = 0 ] && command -v libvirtd >/dev/null 2>&1; then
     if ! virsh -c qemu:///system version >/dev/null 2>&1; then
         pgrep -x virtlogd >/dev/null || virtlogd -d
         pgrep -x libvirtd >/dev/null || libvirtd -d
@@ -13,5 +13,17 @@ if command -v libvirtd >/dev/null 2>&1; then
         done
     fi
     virsh -c qemu:///system version >/dev/null 2>&1 && echo "libvirtd: running" || echo "libvirtd: NOT running"
+fi
+
+# Azurite (Azure Storage emulator) for the upload tests: npm package pinned to a release that runs on
+# Debian 12's Node.js (azurite >= 3.36 needs Node 22). Installed into the repo's .cache/npm.
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+if [ ! -x "$repo/.cache/npm/node_modules/.bin/azurite-blob" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null
+    fi
+    mkdir -p "$repo/.cache/npm"
+    (cd "$repo/.cache/npm" && npm install --silent --no-audit --no-fund --prefix . azurite@3.35.0 >/dev/null) \
+        && echo "azurite: installed" || echo "azurite: install FAILED"
 fi
 exit 0

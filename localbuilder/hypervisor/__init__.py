@@ -7,11 +7,14 @@ for unit tests). ``get_backend(name, **options)`` picks one.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from localbuilder.hypervisor.spec import Accel, Firmware, GuestSpec, NetworkMode, PortForward
 
-__all__ = ["Accel", "Firmware", "Guest", "GuestSpec", "Hypervisor", "NetworkMode", "PortForward"]
+__all__ = [
+    "Accel", "Firmware", "Guest", "GuestSpec", "Hypervisor", "NetworkMode", "PortForward", "get_backend",
+    "BACKENDS",
+]
 
 
 @runtime_checkable
@@ -43,3 +46,28 @@ class Hypervisor(Protocol):
     name: str
 
     def start(self, spec: GuestSpec) -> Guest: ...
+
+
+BACKENDS = ("qemu", "libvirt", "fake")
+
+
+def get_backend(name: str, **options: Any) -> Hypervisor:
+    """The backend called ``name``; ``options`` go to its constructor (e.g. ``uri=`` for libvirt).
+
+    Backends are imported lazily: libvirt-python is an optional dependency, and importing it costs time.
+    """
+    from localbuilder.errors import UsageError
+
+    if name == "qemu":
+        from localbuilder.hypervisor.qemu import QemuHypervisor
+
+        return QemuHypervisor(**options)
+    if name == "libvirt":
+        from localbuilder.hypervisor.libvirt import LibvirtHypervisor
+
+        return LibvirtHypervisor(**options)
+    if name == "fake":
+        from localbuilder.hypervisor.fake import FakeHypervisor
+
+        return FakeHypervisor(**options)
+    raise UsageError(f"unknown hypervisor backend {name!r}", hint=f"Use one of: {', '.join(BACKENDS)}.")

@@ -1,0 +1,1 @@
+"""Azure distribution: the sparse page-blob uploader (and, later, managed image / gallery outputs)."""

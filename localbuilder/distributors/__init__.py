@@ -1,0 +1,120 @@
+"""Distributors: one class per AIB ``distribute[].type``; each turns the run's VHD into a run output.
+
+Each target is independent, as in AIB: one failing target does not stop the others, and the run ends
+``PartiallySucceeded`` when some targets failed. The orchestrator converts the generalized disk to one
+verified fixed VHD; distributors place it (``<output-dir>/<runOutputName>.vhd``) and, for Azure
+targets, would upload it. Until Azure distribution lands, ManagedImage/SharedImage targets (and a VHD
+target with a blob ``uri``) produce the local VHD plus an explicit "not uploaded" note and count as not
+succeeded — never a silent success.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import errno
+import importlib
+import logging
+import os
+import pkgutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+from localbuilder.errors import DistributeError
+from localbuilder.run import run
+from localbuilder.state import RunOutput
+
+log = logging.getLogger("localbuilder.distributors")
+
+NOT_UPLOADED = "not uploaded (Azure distribution not implemented yet)"
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributeContext:
+    vhd: Path  # the run's verified fixed VHD
+    output_dir: Path
+    force: bool  # overwrite existing output files
+    run_id: str
+    template_name: str
+
+
+class Distributor(abc.ABC):
+    registry: ClassVar[dict[str, type[Distributor]]] = {}
+    type_name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, *, type_name: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if type_name is not None:
+            cls.type_name = type_name
+            Distributor.registry[type_name] = cls
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+
+    @property
+    def run_output_name(self) -> str:
+        return str(self.target.run_output_name)
+
+    def describe(self, index: int) -> str:
+        return f"distribute[{index}] {self.type_name} '{self.run_output_name}'"
+
+    def output_path(self, ctx: DistributeContext) -> Path:
+        return ctx.output_dir / f"{self.run_output_name}.vhd"
+
+    def preflight(self, ctx: DistributeContext, where: str) -> None:
+        """Before any boot: refuse to overwrite an existing output unless --force."""
+        dst = self.output_path(ctx)
+        if dst.exists() and not ctx.force:
+            raise DistributeError(
+                f"{where}: {dst} already exists",
+                hint="Pass --force to overwrite it, or choose another --output-dir.",
+            )
+
+    @abc.abstractmethod
+    def distribute(self, ctx: DistributeContext) -> RunOutput:
+        """Produce this target's run output; raise DistributeError when it fails."""
+
+
+def place(src: Path, dst: Path, *, force: bool) -> None:
+    """Put the VHD at ``dst``: a hard link when possible (instant, no extra space), else a sparse copy.
+
+    Written under a temporary name and renamed, so ``dst`` is never a partial file.
+    """
+    if dst.exists() and not force:
+        raise DistributeError(f"{dst} already exists", hint="Pass --force to overwrite it.")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.partial")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            # Another filesystem: keep the copy sparse (a 30 GiB VHD holds ~1 GiB of data).
+            run(["cp", "--sparse=always", str(src), str(tmp)])
+        os.replace(tmp, dst)
+    except OSError as exc:
+        raise DistributeError(f"cannot write {dst}: {exc.strerror or exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_loaded = False
+
+
+def distributor_for(target: Any) -> Distributor:
+    global _loaded
+    if not _loaded:
+        for info in pkgutil.iter_modules(__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{__name__}.{info.name}")
+        _loaded = True
+    name = str(target.type)
+    cls = Distributor.registry.get(name)
+    if cls is None:
+        raise DistributeError(
+            f"distribute type {name!r} is not supported",
+            hint=f"Supported: {', '.join(sorted(Distributor.registry))}.",
+        )
+    return cls(target)
