@@ -31,8 +31,21 @@ def _make_vhd(d: Path) -> Path:
             fh.seek(i * (30 * GiB // 64) + 3 * MiB)
             fh.write(os.urandom(8 * MiB))
     vhd = d / "disk.vhd"
-    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on",
-                    str(raw), str(vhd)], check=True)
+    subprocess.run(
+        [
+            "qemu-img",
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=fixed,force_size=on",
+            str(raw),
+            str(vhd),
+        ],
+        check=True,
+    )
     raw.unlink()
     return vhd
 
@@ -51,8 +64,11 @@ def _stored_bytes(conn: str, container: str, blob: str) -> int:
 
 def main() -> dict[str, Any]:
     if shutil.which("az") is None and os.geteuid() == 0:
-        subprocess.run(["apt-get", "install", "-y", "-q", "azure-cli"], check=False,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "azure-cli"],
+            check=False,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
         d = Path(tmp)
@@ -67,30 +83,57 @@ def main() -> dict[str, Any]:
                 target = resolve_target(az.blob_url("bench", name), connection_string=az.connection_string)
                 res = upload_vhd(vhd, target, progress=False, resume=False, verify=verify)  # type: ignore[arg-type]
                 results[f"localbuilder_{verify}"] = {
-                    "seconds": round(res.seconds, 2), "cpu_seconds": round(res.cpu_seconds, 2),
-                    "bytes_sent": res.bytes_sent, "stored": _stored_bytes(az.connection_string, "bench", name),
+                    "seconds": round(res.seconds, 2),
+                    "cpu_seconds": round(res.cpu_seconds, 2),
+                    "bytes_sent": res.bytes_sent,
+                    "stored": _stored_bytes(az.connection_string, "bench", name),
                 }
             if shutil.which("az"):
                 cpu0, t0 = _children_cpu(), time.monotonic()
                 subprocess.run(
-                    ["az", "storage", "blob", "upload", "--type", "page", "--file", str(vhd), "--container-name",
-                     "bench", "--name", "az.vhd", "--connection-string", az.connection_string, "--only-show-errors",
-                     "--max-connections", "4"],
-                    check=True, stdout=subprocess.DEVNULL,
+                    [
+                        "az",
+                        "storage",
+                        "blob",
+                        "upload",
+                        "--type",
+                        "page",
+                        "--file",
+                        str(vhd),
+                        "--container-name",
+                        "bench",
+                        "--name",
+                        "az.vhd",
+                        "--connection-string",
+                        az.connection_string,
+                        "--only-show-errors",
+                        "--max-connections",
+                        "4",
+                    ],
+                    check=True,
+                    stdout=subprocess.DEVNULL,
                 )
                 results["az"] = {
-                    "seconds": round(time.monotonic() - t0, 2), "cpu_seconds": round(_children_cpu() - cpu0, 2),
+                    "seconds": round(time.monotonic() - t0, 2),
+                    "cpu_seconds": round(_children_cpu() - cpu0, 2),
                     "stored": _stored_bytes(az.connection_string, "bench", "az.vhd"),
                 }
     lb = results["localbuilder_ranges"]
     print("upload 30 GiB fixed VHD / 0.5 GiB data → Azurite (loopback)")
     for name, r in results.items():
-        print(f"  {name:22s} {r['seconds']:8.1f} s  cpu {r['cpu_seconds']:7.1f} s  stored {r['stored'] / MiB:8.1f} MiB")
+        print(
+            f"  {name:22s} {r['seconds']:8.1f} s  cpu {r['cpu_seconds']:7.1f} s"
+            f"  stored {r['stored'] / MiB:8.1f} MiB"
+        )
     if "az" in results:
         results["ratio_time_az_over_localbuilder"] = round(results["az"]["seconds"] / lb["seconds"], 1)
-        results["ratio_cpu_az_over_localbuilder"] = round(results["az"]["cpu_seconds"] / max(lb["cpu_seconds"], 0.01), 1)
-        print(f"  localbuilder is {results['ratio_time_az_over_localbuilder']}× faster than az "
-              f"(target ≥ 20×), {results['ratio_cpu_az_over_localbuilder']}× less CPU")
+        results["ratio_cpu_az_over_localbuilder"] = round(
+            results["az"]["cpu_seconds"] / max(lb["cpu_seconds"], 0.01), 1
+        )
+        print(
+            f"  localbuilder is {results['ratio_time_az_over_localbuilder']}× faster than az "
+            f"(target ≥ 20×), {results['ratio_cpu_az_over_localbuilder']}× less CPU"
+        )
     else:
         print("  az not available: install azure-cli for the comparison")
     return results

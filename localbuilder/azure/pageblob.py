@@ -232,13 +232,24 @@ def upload_vhd(
         raise _sdk_error(exc, "cannot set metadata on", url) from exc
     journal.close(remove=True)
     result = UploadResult(
-        url=url, size=size, bytes_sent=sent, requests=requests, bytes_resumed=resumed,
-        seconds=time.monotonic() - start, cpu_seconds=_cpu() - cpu0, verified=verified,
+        url=url,
+        size=size,
+        bytes_sent=sent,
+        requests=requests,
+        bytes_resumed=resumed,
+        seconds=time.monotonic() - start,
+        cpu_seconds=_cpu() - cpu0,
+        verified=verified,
         sparse_sha256=sparse_sha256,
     )
     log.info(
         "uploaded %s: %.1f MiB sent in %d requests (%.1f MiB resumed), %.1f s, verified: %s",
-        url, sent / 2**20, requests, resumed / 2**20, result.seconds, verified,
+        url,
+        sent / 2**20,
+        requests,
+        resumed / 2**20,
+        result.seconds,
+        verified,
     )
     return result
 
@@ -287,6 +298,11 @@ def _bar(total: int, enabled: bool, name: str) -> Any:
     from tqdm import tqdm
 
     return tqdm(
-        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"upload {name}",
-        disable=not enabled, leave=False,
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=f"upload {name}",
+        disable=not enabled,
+        leave=False,
     )

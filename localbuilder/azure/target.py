@@ -100,7 +100,8 @@ def resolve_target(
             fields = _parse_connection_string(connection_string)
             if "accountname" in fields and "accountkey" in fields:
                 return BlobTarget(
-                    url, credential={"account_name": fields["accountname"], "account_key": fields["accountkey"]}
+                    url,
+                    credential={"account_name": fields["accountname"], "account_key": fields["accountkey"]},
                 )
             if "sharedaccesssignature" in fields:
                 return BlobTarget(url, sas=fields["sharedaccesssignature"])
@@ -131,7 +132,9 @@ def resolve_target(
         raise UsageError(f"--to {to!r}: expected CONTAINER/BLOB", hint="e.g. --to vhds/image.vhd")
     url = endpoint.rstrip("/") + "/" + to.lstrip("/")
     if "accountkey" in fields:
-        return BlobTarget(url, credential={"account_name": fields["accountname"], "account_key": fields["accountkey"]})
+        return BlobTarget(
+            url, credential={"account_name": fields["accountname"], "account_key": fields["accountkey"]}
+        )
     if "sharedaccesssignature" in fields:
         return BlobTarget(url, sas=fields["sharedaccesssignature"])
     raise UsageError("the connection string has neither AccountKey nor SharedAccessSignature")

@@ -21,13 +21,17 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("vhd", type=Path, help="the fixed VHD to upload")
-    parser.add_argument("--to", required=True, metavar="BLOB_URL", help="blob URL (with SAS), or CONTAINER/BLOB")
+    parser.add_argument(
+        "--to", required=True, metavar="BLOB_URL", help="blob URL (with SAS), or CONTAINER/BLOB"
+    )
     parser.add_argument("--connection-string", help="storage connection string (prefer the environment)")
     parser.add_argument("--account-key", help="storage account key (prefer AZURE_STORAGE_KEY)")
     parser.add_argument("--concurrency", type=int, default=4, help="parallel Put Page requests (default 4)")
     parser.add_argument("--no-resume", action="store_true", help="start over even if a partial upload exists")
     parser.add_argument(
-        "--verify", choices=["full", "ranges", "none"], default="full",
+        "--verify",
+        choices=["full", "ranges", "none"],
+        default="full",
         help="after upload: compare page ranges (ranges) and read the data back (full, default)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -42,8 +46,12 @@ def run(args: argparse.Namespace) -> int:
     _check_vhd(args.vhd)
     target = resolve_target(args.to, connection_string=args.connection_string, account_key=args.account_key)
     result = upload_vhd(
-        args.vhd, target, concurrency=args.concurrency, resume=not args.no_resume,
-        verify=args.verify, progress=sys.stderr.isatty() and not args.quiet,
+        args.vhd,
+        target,
+        concurrency=args.concurrency,
+        resume=not args.no_resume,
+        verify=args.verify,
+        progress=sys.stderr.isatty() and not args.quiet,
     )
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))

@@ -258,7 +258,7 @@ class SSHCommunicator:
                 if algo in offered and algo not in wanted:
                     wanted.append(algo)
         if not wanted:
-            transport.close()
+            _discard(transport)
             raise CommunicatorError(
                 "none of the pinned host key types is supported: "
                 + ", ".join(sorted({k.key_type for k in self._pinned})),
@@ -271,7 +271,7 @@ class SSHCommunicator:
         try:
             transport.start_client(timeout=max(1.0, min(self.connect_timeout, deadline - time.monotonic())))
         except paramiko.ssh_exception.IncompatiblePeer as exc:
-            transport.close()
+            _discard(transport)
             if "host key" in str(exc):
                 raise HostKeyMismatch(
                     f"the SSH server at {self.host}:{self.port} has none of the pinned host key types "
@@ -280,15 +280,15 @@ class SSHCommunicator:
                 ) from None
             raise _NotYet(f"SSH negotiation failed: {exc}") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            transport.close()
+            _discard(transport)
             raise _NotYet(f"SSH handshake: {exc or type(exc).__name__}") from None
         if not transport.is_active():
-            transport.close()
+            _discard(transport)
             raise _NotYet("SSH handshake did not complete in time")
         server_key = transport.get_remote_server_key()
         blob = server_key.asbytes()
         if not any(blob == pinned.blob for pinned in self._pinned):
-            transport.close()
+            _discard(transport)
             expected = ", ".join(f"{k.key_type} {k.fingerprint}" for k in self._pinned)
             raise HostKeyMismatch(
                 f"the SSH server at {self.host}:{self.port} presented host key {server_key.get_name()} "
@@ -335,8 +335,7 @@ class SSHCommunicator:
             with contextlib.suppress(Exception):
                 sftp.close()
         if transport is not None:
-            # Transport.close() joins the transport thread: nothing is left running after close().
-            transport.close()
+            _discard(transport)
 
     # --------------------------------------------------------------------------------------- commands
 
@@ -747,6 +746,13 @@ class _LivenessProbe:
 
     def age(self) -> float:
         return time.monotonic() - self._started
+
+
+def _discard(transport: paramiko.Transport) -> None:
+    # close() joins the transport thread. A negotiation that failed leaves paramiko's handshake timer
+    # thread running until handshake_timeout; completing the handshake bookkeeping cancels it.
+    transport.close()
+    transport.packetizer.complete_handshake()
 
 
 def _load_pkey(path: Path) -> paramiko.PKey:

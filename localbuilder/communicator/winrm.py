@@ -156,6 +156,11 @@ class WinRMCommunicator:
     def __repr__(self) -> str:  # never show the password
         return f"WinRMCommunicator({self.endpoint!r}, user={self.username!r}, transport={self.transport!r})"
 
+    def elevation_credentials(self) -> tuple[str, str]:
+        """The build account and password, for a scheduled task that runs elevated as that account
+        (PowerShell ``runElevated``; Packer's ``elevated_user``). Never log the result."""
+        return self.username, self._password
+
     # -- connection -------------------------------------------------------------------------------
 
     def _new_protocol(self) -> winrm.protocol.Protocol:

@@ -8,13 +8,16 @@ page blob, then create the image from it). Until that is implemented, the target
 
 from __future__ import annotations
 
+import abc
+
 from localbuilder.distributors import NOT_UPLOADED, DistributeContext, Distributor, place
 from localbuilder.state import RunOutput
 
 
 class _AzureImage(Distributor):
+    @abc.abstractmethod
     def resource_id(self) -> str:
-        raise NotImplementedError
+        """The Azure resource the service would create (image id / gallery image id)."""
 
     def distribute(self, ctx: DistributeContext) -> RunOutput:
         dst = self.output_path(ctx)

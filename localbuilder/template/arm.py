@@ -59,14 +59,23 @@ class DeploymentContext:
     deployment_name: str = "localbuilder"
     now: dt.datetime = dataclasses.field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
-    KEYS = ("resource_group_name", "resource_group_location", "subscription_id", "tenant_id", "deployment_name")
+    KEYS = (
+        "resource_group_name",
+        "resource_group_location",
+        "subscription_id",
+        "tenant_id",
+        "deployment_name",
+    )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> DeploymentContext:
         unknown = sorted(set(values) - set(cls.KEYS))
         if unknown:
-            raise ValueError(f"unknown deployment context key(s) {', '.join(unknown)}; known: {', '.join(cls.KEYS)}")
-        return cls(**dict(values))
+            raise ValueError(
+                f"unknown deployment context key(s) {', '.join(unknown)}; known: {', '.join(cls.KEYS)}"
+            )
+        fields: dict[str, Any] = dict(values)
+        return cls(**fields)
 
     def resource_group(self) -> dict[str, Any]:
         return {
@@ -344,7 +353,9 @@ def format_datetime(when: dt.datetime, fmt: str) -> str:
         return when.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
     fmt = _NET_STANDARD_DATES.get(fmt, fmt)
     if len(fmt) == 1 and fmt.isalpha():
-        raise ExpressionError(f"utcNow(): standard format {fmt!r} is not supported", "use a custom format like 'yyyyMMdd'")
+        raise ExpressionError(
+            f"utcNow(): standard format {fmt!r} is not supported", "use a custom format like 'yyyyMMdd'"
+        )
     out: list[str] = []
     i = 0
     while i < len(fmt):
@@ -409,7 +420,9 @@ def dotnet_format(fmt: str, args: Sequence[Any]) -> str:
                 raise ExpressionError(f"format(): {{{fmt[i + 1 : end]}}} is not a placeholder like {{0}}")
             index = int(item)
             if index >= len(args):
-                raise ExpressionError(f"format(): {{{index}}} refers to argument {index}, but only {len(args)} given")
+                raise ExpressionError(
+                    f"format(): {{{index}}} refers to argument {index}, but only {len(args)} given"
+                )
             text = _format_item(args[index], spec)
             out.append(text.rjust(align) if align > 0 else text.ljust(-align))
             i = end + 1
@@ -466,7 +479,8 @@ class Scope:
         self.resolve_variable = resolve_variable
         self.template = template or {}
         self.in_parameter_default = 0  # > 0 while evaluating a parameter's defaultValue
-        self.used: dict[str, str] = {}  # context function → what it evaluated to (for notes)
+        # context function → (what it evaluated to, how to change it), reported as notes
+        self.used: dict[str, tuple[str, str]] = {}
 
     def evaluate_string(self, text: str) -> Any:
         """Evaluate a JSON string value: an expression, an escaped literal, or a plain string."""
@@ -490,7 +504,9 @@ class Scope:
                 if not isinstance(index, int) or isinstance(index, bool):
                     raise ExpressionError(f"an array index must be an integer, not {_type_name(index)}")
                 if not 0 <= index < len(target):
-                    raise ExpressionError(f"index {index} is out of range for an array of {len(target)} items")
+                    raise ExpressionError(
+                        f"index {index} is out of range for an array of {len(target)} items"
+                    )
                 return target[index]
             if isinstance(target, dict):
                 if not isinstance(index, str):
@@ -550,7 +566,8 @@ _NEEDS_AZURE = {
     "pickzones": "queries Azure for availability zones", "providers": "queries Azure resource providers",
     "environment": "describes the Azure cloud", "managementgroup": "needs a management group deployment",
     "managementgroupresourceid": "needs a management group deployment",
-    "extensionresourceid": "names an extension resource in Azure", "uniquestring": "hashes Azure ids (not emulated)",
+    "extensionresourceid": "names an extension resource in Azure",
+    "uniquestring": "hashes Azure ids (not emulated)",
 }  # fmt: skip
 
 
@@ -582,6 +599,9 @@ def _int_arg(name: str, value: Any, what: str = "argument") -> int:
     return value
 
 
+_RG_HINT = "set the real values in the deployment context (resource_group_name, resource_group_location)"
+_SUB_HINT = "set the real values in the deployment context (subscription_id, tenant_id)"
+_NOW_HINT = "it changes on every load; pass --param NAME=VALUE to the parameter that uses it to pin it"
 _Impl = Callable[[Scope, list[Any]], Any]
 _FUNCTIONS: dict[str, _Impl] = {}
 
@@ -612,7 +632,9 @@ def _concat(scope: Scope, args: list[Any]) -> Any:
     if all(isinstance(a, list) for a in args):
         return [item for a in args for item in a]
     if any(isinstance(a, list | dict) for a in args):
-        raise ExpressionError("concat(): cannot mix arrays/objects with strings; use all arrays or all strings")
+        raise ExpressionError(
+            "concat(): cannot mix arrays/objects with strings; use all arrays or all strings"
+        )
     return "".join(to_string(a) for a in args)
 
 
@@ -677,7 +699,9 @@ def _compare(name: str, op: Callable[[Any, Any], bool]) -> None:
         a, b = args
         both_int = all(isinstance(x, int) and not isinstance(x, bool) for x in (a, b))
         if not (both_int or (isinstance(a, str) and isinstance(b, str))):
-            raise ExpressionError(f"{name}(): compare two integers or two strings, not {_type_name(a)}/{_type_name(b)}")
+            raise ExpressionError(
+                f"{name}(): compare two integers or two strings, not {_type_name(a)}/{_type_name(b)}"
+            )
         return op(a, b)
 
     _FUNCTIONS[name.lower()] = impl
@@ -757,7 +781,7 @@ def _range(scope: Scope, args: list[Any]) -> Any:
 def _resource_group(scope: Scope, args: list[Any]) -> Any:
     _need("resourceGroup", args, 0)
     rg = scope.context.resource_group()
-    scope.used.setdefault("resourceGroup()", f"name {rg['name']!r}, location {rg['location']!r}")
+    scope.used.setdefault("resourceGroup()", (f"name {rg['name']!r}, location {rg['location']!r}", _RG_HINT))
     return rg
 
 
@@ -765,14 +789,14 @@ def _resource_group(scope: Scope, args: list[Any]) -> Any:
 def _subscription(scope: Scope, args: list[Any]) -> Any:
     _need("subscription", args, 0)
     sub = scope.context.subscription()
-    scope.used.setdefault("subscription()", f"subscriptionId {sub['subscriptionId']!r}")
+    scope.used.setdefault("subscription()", (f"subscriptionId {sub['subscriptionId']!r}", _SUB_HINT))
     return sub
 
 
 @_fn("tenant")
 def _tenant(scope: Scope, args: list[Any]) -> Any:
     _need("tenant", args, 0)
-    scope.used.setdefault("tenant()", f"tenantId {scope.context.tenant_id!r}")
+    scope.used.setdefault("tenant()", (f"tenantId {scope.context.tenant_id!r}", _SUB_HINT))
     return {"tenantId": scope.context.tenant_id, "countryCode": "", "displayName": "localbuilder"}
 
 
@@ -808,12 +832,12 @@ def _resource_id(scope: Scope, args: list[Any]) -> Any:
     namespace, *types = rtype.split("/")
     if len(names) != len(types):
         raise ExpressionError(
-            f"resourceId(): type {rtype!r} needs {len(types)} name{'s' if len(types) > 1 else ''}, got {len(names)}"
+            f"resourceId(): type {rtype!r} needs {len(types)} name(s) after it, got {len(names)}"
         )
     sub = strings[0] if type_at == 2 else scope.context.subscription_id
     rg = strings[type_at - 1] if type_at >= 1 else scope.context.resource_group_name
     if type_at == 0:
-        scope.used.setdefault("resourceId()", f"resource group {rg!r} in subscription {sub!r}")
+        scope.used.setdefault("resourceId()", (f"resource group {rg!r} in subscription {sub!r}", _RG_HINT))
     path = "/".join(f"{t}/{n}" for t, n in zip(types, names, strict=True))
     return f"/subscriptions/{sub}/resourceGroups/{rg}/providers/{namespace}/{path}"
 
@@ -848,7 +872,7 @@ def _utc_now(scope: Scope, args: list[Any]) -> Any:
         )
     fmt = _str_arg("utcNow", args[0], "format") if args else "yyyyMMddTHHmmssZ"
     value = format_datetime(scope.context.now, fmt)
-    scope.used.setdefault("utcNow()", repr(value))
+    scope.used.setdefault("utcNow()", (repr(value), _NOW_HINT))
     return value
 
 
@@ -856,9 +880,11 @@ def _utc_now(scope: Scope, args: list[Any]) -> Any:
 def _new_guid(scope: Scope, args: list[Any]) -> Any:
     _need("newGuid", args, 0)
     if not scope.in_parameter_default:
-        raise ExpressionError("newGuid() is only allowed in a parameter's defaultValue (ARM rejects it elsewhere)")
+        raise ExpressionError(
+            "newGuid() is only allowed in a parameter's defaultValue (ARM rejects it elsewhere)"
+        )
     value = str(uuid.uuid4())
-    scope.used.setdefault("newGuid()", repr(value))
+    scope.used.setdefault("newGuid()", (repr(value), _NOW_HINT))
     return value
 
 

@@ -101,7 +101,9 @@ def load_file(path: Path) -> ParsedJson:
     except FileNotFoundError as exc:
         raise TemplateError(f"{path}: no such file", hint="check the path") from exc
     except OSError as exc:
-        raise TemplateError(f"{path}: cannot read: {exc.strerror or exc}", hint="check the path and its permissions") from exc
+        raise TemplateError(
+            f"{path}: cannot read: {exc.strerror or exc}", hint="check the path and its permissions"
+        ) from exc
     return parse(decode(data, str(path)), source=str(path))
 
 
@@ -190,15 +192,15 @@ class _Parser:
             return self.array(path, depth)
         if ch == '"':
             return self.string()
+        for word in ("NaN", "Infinity", "-Infinity"):
+            if self.s.startswith(word, self.i):
+                raise self.error(f"{word} is not valid JSON", hint="use a number or a string")
         if ch == "-" or ch.isdigit():
             return self.number()
         for word, val in (("true", True), ("false", False), ("null", None)):
             if self.s.startswith(word, self.i):
                 self.i += len(word)
                 return val
-        for word in ("NaN", "Infinity", "-Infinity"):
-            if self.s.startswith(word, self.i):
-                raise self.error(f"{word} is not valid JSON", hint="use a number or a string")
         if ch == "'":
             raise self.error("strings must use double quotes", hint="replace '…' with \"…\"")
         raise self.error(f"unexpected {self.describe(self.i)}, expected a value")

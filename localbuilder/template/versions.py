@@ -85,7 +85,7 @@ class Kind(enum.StrEnum):
     integer_array = "array of integers"
     object_array = "array of objects"
     string_map = "object of strings"  # tags
-    any_map = "object"  # userAssignedIdentities: keys matter, values are ignored
+    any_map = "object with any values"  # userAssignedIdentities: keys matter, values are ignored
     any = "any"  # ARM envelope keys (dependsOn, copy …): not ours to check
 
 
@@ -171,7 +171,10 @@ FAMILIES: dict[str, Family] = {
             "PowerShell": (V19_02, None),
             "WindowsRestart": (V19_02, None),
             "File": (V19_05, None),
-            "WindowsUpdate": (V19_05, None),  # inferred: in use with 2019-05-01-preview; swagger from 2020-02-14
+            "WindowsUpdate": (
+                V19_05,
+                None,
+            ),  # inferred: in use with 2019-05-01-preview; swagger from 2020-02-14
         },
         "BadCustomizerType",
         "UnsupportedCustomizerType",

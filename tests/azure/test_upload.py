@@ -42,8 +42,18 @@ def big_vhd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, in
             fh.write(os.urandom(8 * MiB))
     vhd = d / "disk.vhd"
     subprocess.run(
-        ["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on",
-         str(raw), str(vhd)],
+        [
+            "qemu-img",
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=fixed,force_size=on",
+            str(raw),
+            str(vhd),
+        ],
         check=True,
     )
     raw.unlink()
@@ -143,8 +153,19 @@ def test_wrong_key_is_a_clear_error_without_secrets(azurite: Azurite, tmp_path: 
         fh.truncate(4 * MiB)
         fh.write(b"x" * 4096)
     subprocess.run(
-        ["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on",
-         str(raw), str(vhd)], check=True,
+        [
+            "qemu-img",
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=fixed,force_size=on",
+            str(raw),
+            str(vhd),
+        ],
+        check=True,
     )
     bad_key = "A" * 86 + "=="
     rc = main(["upload", str(vhd), "--to", azurite.blob_url("vhds", "x.vhd"), "--account-key", bad_key])
@@ -176,7 +197,9 @@ def test_resolve_target_forms() -> None:
     assert "sig" not in repr(t)
     t = resolve_target("https://acct.blob.core.windows.net/c/b.vhd", account_key="k")
     assert t.credential == {"account_name": "acct", "account_key": "k"}
-    t = resolve_target("c/b.vhd", connection_string="AccountName=acct;AccountKey=k;EndpointSuffix=core.windows.net")
+    t = resolve_target(
+        "c/b.vhd", connection_string="AccountName=acct;AccountKey=k;EndpointSuffix=core.windows.net"
+    )
     assert t.url == "https://acct.blob.core.windows.net/c/b.vhd"
     from localbuilder.errors import UsageError
 

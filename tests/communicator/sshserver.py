@@ -124,6 +124,7 @@ class SSHTestServer:
             transports = list(self._transports)
         for transport in transports:
             transport.close()
+            transport.packetizer.complete_handshake()  # cancels the timer a failed negotiation leaves
         for thread in self._threads:
             thread.join(5)
 
@@ -151,7 +152,8 @@ class SSHTestServer:
         except (OSError, EOFError, paramiko.SSHException):
             return  # the client went away: nothing to report to
         finally:
-            chan.close()
+            with _suppress():
+                chan.close()
 
     def _one(self, chan: paramiko.Channel, argv: list[str], user: str | None) -> str | None:
         cmd, args = argv[0], argv[1:]
