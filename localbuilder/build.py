@@ -36,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+from localbuilder import validators
 from localbuilder.communicator import Communicator
 from localbuilder.customizers import Customizer, GuestOS, StepContext, customizer_for
 from localbuilder.distributors import DistributeContext, distributor_for
@@ -384,12 +385,12 @@ class Build:
             boot_image = SourceImage(vhd, "vpc", image.os, f"{tpl.name} output", image.uefi)
             validation_failure = self._validate(boot_image)
             if validation_failure and not validate.continue_distribute_on_failure:
-                return RunState.Failed, validation_failure + " (nothing distributed)"
+                return RunState.Failed, validators.outcome_message(validation_failure, distributed=False)
         outputs = self._distribute(vhd)
         failed = [o for o in outputs if o.provisioning_state != "Succeeded"]
         if validation_failure:
             # FACTS §6: continueDistributeOnFailure distributes, but the run still fails.
-            return RunState.Failed, validation_failure + " (distributed anyway: continueDistributeOnFailure)"
+            return RunState.Failed, validators.outcome_message(validation_failure, distributed=True)
         if failed and len(failed) == len(outputs):
             return RunState.Failed, "; ".join(f"{o.name}: {o.note}" for o in failed)
         if failed:
@@ -410,7 +411,8 @@ class Build:
             ]
         for where, step in steps:
             try:
-                customizer_for(step).preflight(
+                factory = validators.validator_for if ".validate." in where else customizer_for
+                factory(step).preflight(
                     self.os, allow_any_destination=self.options.allow_any_destination, where=where
                 )
             except LocalBuilderError as exc:
@@ -581,11 +583,16 @@ class Build:
         )
 
     def _run_steps(
-        self, section: str, steps: Sequence[Any], booted: BootedGuest, policy: FailurePolicy
+        self,
+        section: str,
+        steps: Sequence[Any],
+        booted: BootedGuest,
+        policy: FailurePolicy,
+        factory: Callable[[Any], Customizer] = customizer_for,
     ) -> None:
         for index, step in enumerate(steps):
             self.interrupts.check()
-            customizer: Customizer = customizer_for(step)
+            customizer = factory(step)
             title = customizer.describe(index, section)
             while True:
                 ok = False
@@ -652,7 +659,9 @@ class Build:
         with self._booted(image, "validation") as booted:
             self._sub_state(RunSubState.Validating)
             try:
-                self._run_steps("validate.inVMValidations", validate.in_vm_validations, booted, policy)
+                self._run_steps(
+                    validators.SECTION, validate.in_vm_validations, booted, policy, validators.validator_for
+                )
             except StepFailure as exc:
                 self.record = dataclasses.replace(self.record, failed_step=exc.step, kept_guest=exc.kept)
                 return f"validation failed: {exc.step}: {exc.error.message}"

@@ -199,6 +199,8 @@ def _run_with_progress(argv: list[str], *, progress: bool, label: str) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
         if rc != 0:
             err.seek(0)
             tail = err.read().decode("utf-8", errors="replace")[-4000:]

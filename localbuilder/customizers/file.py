@@ -50,7 +50,11 @@ class File(Customizer, type_name="File"):
         dst: str = self.step.destination
         where = self.describe(ctx.index, ctx.section)
         if ctx.os is GuestOS.windows:
-            self._upload(ctx, local, dst, where)
+            from localbuilder.windows.files import upload_file
+
+            ctx.remaining()
+            upload_file(ctx.comm, local, dst)
+            ctx.note(f"copied {local.name} ({local.stat().st_size} bytes) to {dst}")
             return
         normal = posixpath.normpath(dst)
         if destination_allowed(normal, allow_any=False):

@@ -32,6 +32,7 @@ _GUID_NAMESPACE = uuid.UUID("11fb06fb-712d-4ddd-98c7-e71bbd588830")
 _MAX_EXPR_DEPTH = 64  # nested calls; real templates use < 10
 _MAX_EXPR_CHARS = 20_000
 _RESOURCE_TYPE = re.compile(r"^[A-Za-z0-9.]+/[A-Za-z0-9/]+$")
+_DIGITS = "0123456789"  # str.isdigit() also takes '²' and other Unicode digits int() refuses
 PLACEHOLDER_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 
 
@@ -170,9 +171,9 @@ def _tokenize(src: str) -> list[_Token]:
                 i = j + 1
                 break
             tokens.append(_Token("str", "".join(out), start))
-        elif ch.isdigit() or (ch == "-" and i + 1 < n and src[i + 1].isdigit()):
+        elif ch in _DIGITS or (ch == "-" and i + 1 < n and src[i + 1] in _DIGITS):
             start, i = i, i + 1
-            while i < n and src[i].isdigit():
+            while i < n and src[i] in _DIGITS:
                 i += 1
             if i - start > 20:
                 raise ExpressionError(f"integer literal at character {start + 1} is too long")

@@ -195,7 +195,7 @@ class _Parser:
         for word in ("NaN", "Infinity", "-Infinity"):
             if self.s.startswith(word, self.i):
                 raise self.error(f"{word} is not valid JSON", hint="use a number or a string")
-        if ch == "-" or ch.isdigit():
+        if ch in "-0123456789":
             return self.number()
         for word, val in (("true", True), ("false", False), ("null", None)):
             if self.s.startswith(word, self.i):

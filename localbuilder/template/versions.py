@@ -243,8 +243,6 @@ SCHEMAS: dict[str, tuple[Field, ...]] = {
     "identity": (
         F("type", S, required=_ALWAYS, enum=(("UserAssigned", FIRST), ("None", FIRST))),
         F("userAssignedIdentities", Kind.any_map),
-        F("principalId", S, read_only=True),
-        F("tenantId", S, read_only=True),
     ),
     "properties": (
         F("source", Kind.object, required=_ALWAYS, need=Need.local, family="source"),

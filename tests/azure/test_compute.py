@@ -69,12 +69,18 @@ class RecordingTransport(HttpTransport):  # type: ignore[misc]
             body: dict[str, Any] = {"error": {"code": "AuthorizationFailed", "message": "no access"}}
         elif request.method == "GET":
             resp.status_code = 200
-            body = {"value": [{"name": v, "id": f"{GALLERY_DEF}/versions/{v}"} for v in self.existing_versions]}
+            body = {
+                "value": [{"name": v, "id": f"{GALLERY_DEF}/versions/{v}"} for v in self.existing_versions]
+            }
         else:
             resp.status_code = 200
             sent = _body(request)
             path = request.url.split("?")[0].split("management.azure.com")[-1]
-            body = {**sent, "id": path, "properties": {**sent["properties"], "provisioningState": "Succeeded"}}
+            body = {
+                **sent,
+                "id": path,
+                "properties": {**sent["properties"], "provisioningState": "Succeeded"},
+            }
         resp._content = json.dumps(body).encode()
         resp.url = request.url
         resp.raw = io.BytesIO(resp._content)

@@ -1,0 +1,173 @@
+"""The real ``build.Platform``: the image catalog, guest sessions, deprovision, qemu-img, inspection.
+
+The orchestrator (``localbuilder.build``) talks only to the ``Platform`` protocol so its unit tests run
+on fakes; this module wires the protocol to the modules that do the work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from localbuilder.build import BootedGuest, DeprovisionOutcome, GuestRequest, Inspection, SourceImage
+from localbuilder.customizers import GuestOS
+from localbuilder.hypervisor import Guest
+from localbuilder.state import KeptGuest
+
+log = logging.getLogger("localbuilder.platform")
+
+
+class _TimedGuest:
+    """Wraps a Guest to time ``wait_shutdown``: the power-off part of deprovision, for the phase table."""
+
+    def __init__(self, guest: Guest) -> None:
+        self._guest = guest
+        self.spec = guest.spec
+        self.wait_seconds = 0.0
+
+    def is_running(self) -> bool:
+        return self._guest.is_running()
+
+    def reset_count(self) -> int:
+        return self._guest.reset_count()
+
+    def wait_shutdown(self, timeout: float) -> bool:
+        start = time.monotonic()
+        try:
+            return self._guest.wait_shutdown(timeout)
+        finally:
+            self.wait_seconds += time.monotonic() - start
+
+    def shutdown(self, timeout: float) -> bool:
+        return self._guest.shutdown(timeout)
+
+    def destroy(self) -> None:
+        self._guest.destroy()
+
+
+class LocalPlatform:
+    def __init__(
+        self,
+        *,
+        backend: str = "qemu",
+        libvirt_uri: str | None = None,
+        accel: str = "auto",
+        network: bool = False,
+        progress: bool = True,
+    ) -> None:
+        self.backend = backend
+        self.libvirt_uri = libvirt_uri
+        self.accel_request = accel
+        self.network = network
+        self.progress = progress
+        self._accel: Any = None
+
+    def resolve(self, source: Any) -> SourceImage:
+        from localbuilder.catalog import Catalog, Generation
+
+        entry = Catalog().resolve(source)
+        return SourceImage(
+            path=entry.path,
+            format=str(entry.format),
+            os=GuestOS(str(entry.os)),
+            label=entry.ref,
+            uefi=entry.generation is Generation.V2,
+        )
+
+    def _accel_value(self) -> Any:
+        if self._accel is None:
+            from localbuilder.hypervisor.probe import resolve_accel
+
+            self._accel = resolve_accel(self.accel_request)
+        return self._accel
+
+    @contextlib.contextmanager
+    def boot(self, request: GuestRequest) -> Iterator[BootedGuest]:
+        from localbuilder.hypervisor import Firmware, NetworkMode
+        from localbuilder.hypervisor.sizes import guest_shape
+        from localbuilder.session import linux_guest
+
+        if request.image.os is not GuestOS.linux:
+            from localbuilder.errors import SourceError
+
+            raise SourceError(
+                f"{request.image.label} is a Windows image: Windows guests cannot be booted by "
+                "'localbuilder build' yet",
+                hint="Build Linux templates for now; see docs/windows.md for the Windows pieces.",
+            )
+        shape = guest_shape(request.vm_size or None)
+        request.workdir.mkdir(parents=True, exist_ok=True)
+        with linux_guest(
+            request.image.path,
+            request.image.format,
+            workdir=request.workdir,
+            backend=self.backend,
+            accel=self._accel_value(),
+            cpus=shape.cpus,
+            memory_mib=shape.memory_mib,
+            disk_size_bytes=request.disk_size_bytes,
+            network=NetworkMode.user if self.network else NetworkMode.restricted,
+            libvirt_uri=self.libvirt_uri,
+            boot_timeout=request.timeout,
+            firmware=Firmware.uefi if request.image.uefi else Firmware.bios,
+        ) as session:
+            booted = BootedGuest(
+                guest=session.guest,
+                comm=session.communicator,
+                host=session.host,
+                port=session.port,
+                user=session.user,
+                key_file=Path(session.key_file),
+                overlay=Path(session.overlay_path),
+                overlay_format="qcow2",
+                serial_log=session.serial_log,
+                backend=self.backend,
+                _keep=lambda: self._keep(session),
+            )
+            yield booted
+
+    def _keep(self, session: Any) -> KeptGuest:
+        keep = getattr(session, "keep", None)
+        if callable(keep):
+            keep()
+        guest = session.guest
+        return KeptGuest(
+            ssh_host=session.host,
+            ssh_port=session.port,
+            user=session.user,
+            key_file=str(session.key_file),
+            backend=self.backend,
+            pid=getattr(guest, "pid", None),
+            domain=getattr(guest, "domain_name", None),
+        )
+
+    def deprovision(self, booted: BootedGuest, *, timeout: float) -> DeprovisionOutcome:
+        from localbuilder.deprovision import deprovision_linux
+
+        timed = _TimedGuest(booted.guest)
+        result = deprovision_linux(booted.comm, timed, booted.user, timeout=timeout)
+        return DeprovisionOutcome(
+            user_script=result.user_script,
+            script_seconds=max(0.0, result.seconds - timed.wait_seconds),
+            poweroff_seconds=timed.wait_seconds,
+        )
+
+    def convert(self, src: Path, src_format: str, dst: Path, *, size_bytes: int | None) -> int:
+        from localbuilder.disk import to_fixed_vhd
+
+        result = to_fixed_vhd(src, src_format, dst, size_bytes=size_bytes, progress=self.progress)
+        return result.virtual_size
+
+    def inspect(self, vhd: Path, build_user: str) -> Inspection:
+        from localbuilder.inspect import inspect_image
+
+        report = inspect_image(vhd, build_user=build_user)
+        problems: list[str] = []
+        if not report.inspected:
+            problems.append(f"not inspected: {report.reason}")
+        problems += [f"{c.check}: {c.message}" for c in report.failures]
+        return Inspection(problems=tuple(problems), report=report.as_dict())
