@@ -112,6 +112,7 @@ def main() -> dict[str, Any]:
                     ],
                     check=True,
                     stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                 )
                 results["az"] = {
                     "seconds": round(time.monotonic() - t0, 2),

@@ -145,6 +145,7 @@ def fetch(req: FetchRequest, *, base_dir: Path, timeout: float = 60.0) -> Fetche
                 with urllib.request.urlopen(req.uri, timeout=timeout) as resp:  # noqa: S310 - scheme checked
                     actual, size = _copy_hashing(resp, tmp)
             except urllib.error.HTTPError as exc:
+                exc.close()  # it holds the response's socket
                 raise FetchError(
                     f"{req.where}: {redact(req.uri)}: HTTP {exc.code} {exc.reason}",
                     hint="Check the URL (and its SAS token, if it points to Azure storage).",

@@ -16,6 +16,7 @@ from typing import Any
 from localbuilder.build import BootedGuest, DeprovisionOutcome, GuestRequest, Inspection, SourceImage
 from localbuilder.customizers import GuestOS
 from localbuilder.hypervisor import Guest
+from localbuilder.log import complete_step
 from localbuilder.state import KeptGuest
 
 log = logging.getLogger("localbuilder.platform")
@@ -101,6 +102,9 @@ class LocalPlatform:
             )
         shape = guest_shape(request.vm_size or None)
         request.workdir.mkdir(parents=True, exist_ok=True)
+        # keep=True: the session then leaves the guest running when the block raises. Whether to keep
+        # it is decided at failure time (--on-error abort/ask), so every other failure stops the guest
+        # here first — the session then sees it stopped and cleans up as usual.
         with linux_guest(
             request.image.path,
             request.image.format,
@@ -114,6 +118,8 @@ class LocalPlatform:
             libvirt_uri=self.libvirt_uri,
             boot_timeout=request.timeout,
             firmware=Firmware.uefi if request.image.uefi else Firmware.bios,
+            keep=True,
+            progress=self.progress,
         ) as session:
             booted = BootedGuest(
                 guest=session.guest,
@@ -126,14 +132,29 @@ class LocalPlatform:
                 overlay_format="qcow2",
                 serial_log=session.serial_log,
                 backend=self.backend,
-                _keep=lambda: self._keep(session),
+                _keep=lambda: self._kept(session),
             )
-            yield booted
+            try:
+                yield booted
+            except BaseException:
+                if booted.kept is None:
+                    self._stop(session)
+                raise
 
-    def _keep(self, session: Any) -> KeptGuest:
-        keep = getattr(session, "keep", None)
-        if callable(keep):
-            keep()
+    def _stop(self, session: Any) -> None:
+        from localbuilder.hypervisor.probe import timeout_scale
+        from localbuilder.session import SHUTDOWN_TIMEOUT
+
+        guest = session.guest
+        session.communicator.close()
+        try:
+            if guest.is_running():
+                with complete_step("Powering off the guest"):
+                    guest.shutdown(SHUTDOWN_TIMEOUT * timeout_scale(self._accel_value()))
+        finally:
+            guest.destroy()
+
+    def _kept(self, session: Any) -> KeptGuest:
         guest = session.guest
         return KeptGuest(
             ssh_host=session.host,
@@ -141,8 +162,8 @@ class LocalPlatform:
             user=session.user,
             key_file=str(session.key_file),
             backend=self.backend,
-            pid=getattr(guest, "pid", None),
-            domain=getattr(guest, "domain_name", None),
+            pid=getattr(guest, "pid", None) if self.backend == "qemu" else None,
+            domain=guest.spec.name if self.backend == "libvirt" else None,
         )
 
     def deprovision(self, booted: BootedGuest, *, timeout: float) -> DeprovisionOutcome:

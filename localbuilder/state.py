@@ -201,7 +201,11 @@ class KeptGuest:
     domain: str | None = None  # libvirt domain name
 
     def ssh_command(self) -> str:
-        return f"ssh -i {self.key_file} -p {self.ssh_port} {self.user}@{self.ssh_host}"
+        # The guest's host key is new and throwaway: do not pollute ~/.ssh/known_hosts with it.
+        return (
+            f"ssh -i {self.key_file} -p {self.ssh_port} -o StrictHostKeyChecking=no "
+            f"-o UserKnownHostsFile=/dev/null {self.user}@{self.ssh_host}"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -17,8 +17,6 @@ So this module
 
 from __future__ import annotations
 
-import codecs
-import collections
 import contextlib
 import errno
 import logging
@@ -36,6 +34,7 @@ from types import TracebackType
 import paramiko
 
 from localbuilder.communicator import CommandResult, OutputCallback
+from localbuilder.communicator.output import StreamTail, tails
 from localbuilder.errors import CommunicatorError, CommunicatorTimeout, Disconnected, HostKeyMismatch
 from localbuilder.keys import PublicKey, fingerprint_blob, parse_public_line
 
@@ -55,11 +54,6 @@ _ALGORITHMS_FOR_KEY_TYPE = {
     "ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256"),
 }
 
-# Bounded tails of command output kept for CommandResult (the full output goes through on_output).
-TAIL_LINES = 200
-TAIL_CHARS = 64 * 1024
-# A "line" without a newline is cut at this many characters (a binary blob or a progress bar with \r).
-MAX_LINE_CHARS = 16 * 1024
 # How long a serial console tail shown in a timeout message is.
 SERIAL_TAIL_LINES = 25
 
@@ -87,6 +81,12 @@ class SSHCommunicator:
 
     ``serial_log`` is the guest's console log: when the guest never answers, its last lines go into the
     CommunicatorTimeout message, which usually says why (kernel panic, cloud-init error, fsck prompt).
+
+    Tuning (seconds): ``poll_interval`` between connection attempts; ``connect_timeout`` for one TCP
+    connect + banner wait; ``handshake_timeout`` for key exchange; ``auth_grace`` during which a refused
+    key is retried; ``liveness_after`` quiet time before a command's connection is probed and
+    ``liveness_timeout`` for the answer (also bounds opening a channel); ``io_timeout`` for one SFTP
+    operation; ``keepalive_interval`` for paramiko's transport keepalive.
     """
 
     def __init__(
@@ -99,7 +99,8 @@ class SSHCommunicator:
         *,
         serial_log: Path | None = None,
         poll_interval: float = 1.0,
-        connect_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        handshake_timeout: float = 30.0,
         keepalive_interval: int = 5,
         liveness_after: float = 15.0,
         liveness_timeout: float = 30.0,
@@ -119,6 +120,7 @@ class SSHCommunicator:
         self.serial_log = serial_log
         self.poll_interval = poll_interval
         self.connect_timeout = connect_timeout
+        self.handshake_timeout = handshake_timeout
         self.keepalive_interval = keepalive_interval
         self.liveness_after = liveness_after
         self.liveness_timeout = liveness_timeout
@@ -266,10 +268,11 @@ class SSHCommunicator:
                 "(localbuilder.keys.generate_host_keys)",
             )
         transport.get_security_options().key_types = wanted
+        # The banner is already there (peeked); key exchange is slow on a TCG guest that is busy booting.
         transport.banner_timeout = self.connect_timeout
-        transport.handshake_timeout = self.connect_timeout
+        transport.handshake_timeout = self.handshake_timeout
         try:
-            transport.start_client(timeout=max(1.0, min(self.connect_timeout, deadline - time.monotonic())))
+            transport.start_client(timeout=max(1.0, min(self.handshake_timeout, deadline - time.monotonic())))
         except paramiko.ssh_exception.IncompatiblePeer as exc:
             _discard(transport)
             if "host key" in str(exc):
@@ -281,11 +284,21 @@ class SSHCommunicator:
             raise _NotYet(f"SSH negotiation failed: {exc}") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
             _discard(transport)
-            raise _NotYet(f"SSH handshake: {exc or type(exc).__name__}") from None
-        if not transport.is_active():
+            if isinstance(exc, EOFError):
+                # paramiko ends a key exchange that outlives handshake_timeout with a bare EOFError.
+                raise _NotYet(
+                    f"SSH key exchange did not complete within {self.handshake_timeout:g} s, or the server "
+                    "closed the connection"
+                ) from None
+            raise _NotYet(f"SSH handshake: {_describe(exc)}") from None
+        # start_client() returns quietly when its timeout passes mid-negotiation: check that it finished.
+        try:
+            if not transport.is_active():
+                raise paramiko.SSHException("negotiation failed")
+            server_key = transport.get_remote_server_key()
+        except paramiko.SSHException:
             _discard(transport)
-            raise _NotYet("SSH handshake did not complete in time")
-        server_key = transport.get_remote_server_key()
+            raise _NotYet("SSH key exchange did not complete in time") from None
         blob = server_key.asbytes()
         if not any(blob == pinned.blob for pinned in self._pinned):
             _discard(transport)
@@ -316,7 +329,7 @@ class SSHCommunicator:
         except paramiko.AuthenticationException as exc:
             raise _AuthRefused(str(exc) or "authentication failed") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise _NotYet(f"connection lost during authentication: {exc or type(exc).__name__}") from None
+            raise _NotYet(f"connection lost during authentication: {_describe(exc)}") from None
 
     def reconnect(self, timeout: float, *, progress: WaitProgress | None = None) -> None:
         """Drop the connection and wait for the guest to accept a new one (after a reboot).
@@ -358,22 +371,25 @@ class SSHCommunicator:
         """
         transport = self._live_transport(f"run {_short(command)!r}")
         start = time.monotonic()
+        what = f"starting {_short(command)!r}"
         try:
-            chan = transport.open_session(timeout=self.io_timeout)
+            with self._watchdog(transport, what):
+                chan = transport.open_session(timeout=self.liveness_timeout)
         except paramiko.ChannelException as exc:
             raise CommunicatorError(
                 f"the guest at {self.target} refused a new session: {exc}",
                 hint="the guest's sshd limits sessions (MaxSessions) or is shutting down",
             ) from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise self._lost(f"opening a session for {_short(command)!r}", exc) from None
-        out = _StreamTail("stdout", on_output)
-        err = _StreamTail("stderr", on_output)
+            raise self._lost(what, exc) from None
+        out = StreamTail("stdout", on_output)
+        err = StreamTail("stderr", on_output)
         try:
             try:
-                chan.exec_command(command)
+                with self._watchdog(transport, what):
+                    chan.exec_command(command)
             except (paramiko.SSHException, EOFError, OSError) as exc:
-                raise self._lost(f"starting {_short(command)!r}", exc) from None
+                raise self._lost(what, exc) from None
             self._pump(chan, transport, command, timeout, start, stdin, out, err)
             out.finish()
             err.finish()
@@ -383,7 +399,7 @@ class SSHCommunicator:
         if status < 0:
             raise Disconnected(
                 f"{_short(command)!r} ended without an exit status: it was killed by a signal or the guest "
-                "went down" + _tails(out, err),
+                "went down" + tails(out, err),
                 hint="if the step reboots the guest, that is expected: reconnect; otherwise look at the "
                 "guest console log",
             )
@@ -402,8 +418,8 @@ class SSHCommunicator:
         timeout: float | None,
         start: float,
         stdin: bytes | None,
-        out: _StreamTail,
-        err: _StreamTail,
+        out: StreamTail,
+        err: StreamTail,
     ) -> None:
         pending = memoryview(stdin) if stdin else None
         if pending is None:
@@ -415,12 +431,12 @@ class SSHCommunicator:
             if timeout is not None and now - start >= timeout:
                 raise CommunicatorTimeout(
                     f"{_short(command)!r} did not finish within {timeout:g} s; the channel was closed (the "
-                    "process may still run in the guest)" + _tails(out, err),
+                    "process may still run in the guest)" + tails(out, err),
                     hint="raise the step's timeout, or make the command end on its own (no prompts, no "
                     "daemons in the foreground)",
                 )
             # Channels can only be selected for reading; while stdin is pending, poll send_ready() often.
-            wait = 0.05 if pending is not None else 0.5
+            wait = 0.01 if pending is not None else 0.5
             if timeout is not None:
                 wait = max(0.0, min(wait, start + timeout - now))
             if not chan.eof_received:
@@ -438,7 +454,8 @@ class SSHCommunicator:
                     break
                 err.feed(data)
                 got = True
-            if pending is not None and chan.send_ready():
+            # Fill the SSH window; when it is full, send_ready() is False until the guest reads.
+            while pending is not None and chan.send_ready():
                 try:
                     sent = chan.send(bytes(pending[:32768]))
                 except OSError:
@@ -446,7 +463,7 @@ class SSHCommunicator:
                 if sent > 0:
                     pending = pending[sent:]
                     got = True
-                if sent < 0 or not len(pending):
+                if sent <= 0 or not len(pending):
                     pending = None
                     with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                         chan.shutdown_write()
@@ -475,7 +492,7 @@ class SSHCommunicator:
                     transport.close()
                     raise Disconnected(
                         f"the guest stopped answering while running {_short(command)!r} (no reply to a "
-                        f"keepalive for {self.liveness_timeout:g} s)" + _tails(out, err),
+                        f"keepalive for {self.liveness_timeout:g} s)" + tails(out, err),
                         hint="the guest hung, crashed or was paused; the console log may say why",
                     )
 
@@ -565,15 +582,16 @@ class SSHCommunicator:
         # SFTPClient.from_transport() waits without a timeout for the subsystem's reply: open the channel
         # ourselves and bound every SFTP read with io_timeout instead.
         try:
-            chan = transport.open_session(timeout=self.io_timeout)
-            chan.settimeout(self.io_timeout)
-            chan.invoke_subsystem("sftp")
-            self._sftp = paramiko.SFTPClient(chan)
+            with self._watchdog(transport, "starting SFTP"):
+                chan = transport.open_session(timeout=self.liveness_timeout)
+                chan.settimeout(self.io_timeout)
+                chan.invoke_subsystem("sftp")
+                self._sftp = paramiko.SFTPClient(chan)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             if not transport.is_active():
                 raise self._lost("starting SFTP", exc) from None
             raise CommunicatorError(
-                f"the guest at {self.target} offers no SFTP: {exc or type(exc).__name__}",
+                f"the guest at {self.target} offers no SFTP: {_describe(exc)}",
                 hint="install the SFTP server in the image (Debian/Ubuntu: openssh-sftp-server) and make "
                 "sure sshd_config has a 'Subsystem sftp' line",
             ) from None
@@ -604,9 +622,38 @@ class SSHCommunicator:
                 f"SFTP {what} {path}: permission denied for user {self.username!r}",
                 hint="upload to a directory the build user can write (e.g. /tmp) and move it with sudo",
             )
-        return CommunicatorError(f"SFTP {what} {path} failed: {exc or type(exc).__name__}")
+        return CommunicatorError(f"SFTP {what} {path} failed: {_describe(exc)}")
 
     # ---------------------------------------------------------------------------------------- helpers
+
+    @contextlib.contextmanager
+    def _watchdog(self, transport: paramiko.Transport, what: str) -> Iterator[None]:
+        """Bound a paramiko call that has no timeout of its own (exec_command and invoke_subsystem wait
+        for the server's reply forever): after liveness_timeout, close the transport, which wakes the
+        waiting call, and raise Disconnected."""
+        fired = threading.Event()
+
+        def fire() -> None:
+            fired.set()
+            transport.close()
+
+        timer = threading.Timer(self.liveness_timeout, fire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        except (paramiko.SSHException, EOFError, OSError):
+            if not fired.is_set():
+                raise
+        finally:
+            timer.cancel()
+            timer.join()
+        if fired.is_set():
+            raise Disconnected(
+                f"the guest at {self.target} stopped answering while {what} "
+                f"(no reply for {self.liveness_timeout:g} s)",
+                hint="the guest hung, crashed or was paused; the console log may say why",
+            )
 
     def _live_transport(self, what: str) -> paramiko.Transport:
         transport = self._transport
@@ -669,58 +716,6 @@ class _AuthRefused(Exception):
     """The server refused the key: retried for auth_grace seconds (never leaves this module)."""
 
 
-class _StreamTail:
-    """Decode one output stream incrementally into lines, hand each to on_output and keep a bounded tail.
-
-    Incremental decoding keeps a multi-byte character that straddles two reads intact; invalid UTF-8
-    becomes U+FFFD. A line longer than MAX_LINE_CHARS is emitted in pieces.
-    """
-
-    def __init__(self, name: str, on_output: OutputCallback | None) -> None:
-        self.name = name
-        self.on_output = on_output
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._partial = ""
-        self._tail: collections.deque[str] = collections.deque()
-        self._tail_chars = 0
-        self.total_bytes = 0
-        self.dropped_lines = 0
-
-    def feed(self, data: bytes, final: bool = False) -> None:
-        self.total_bytes += len(data)
-        text = self._partial + self._decoder.decode(data, final)
-        lines = text.split("\n")
-        self._partial = lines.pop()
-        for line in lines:
-            self._emit(line.removesuffix("\r"))
-        while len(self._partial) > MAX_LINE_CHARS:
-            self._emit(self._partial[:MAX_LINE_CHARS])
-            self._partial = self._partial[MAX_LINE_CHARS:]
-
-    def finish(self) -> None:
-        self.feed(b"", final=True)
-        if self._partial:
-            self._emit(self._partial.removesuffix("\r"))
-            self._partial = ""
-
-    def _emit(self, line: str) -> None:
-        if self.on_output is not None:
-            self.on_output(self.name, line)
-        self._tail.append(line)
-        self._tail_chars += len(line) + 1
-        while len(self._tail) > TAIL_LINES or (self._tail_chars > TAIL_CHARS and len(self._tail) > 1):
-            self._tail_chars -= len(self._tail.popleft()) + 1
-            self.dropped_lines += 1
-
-    def lines(self) -> Iterator[str]:
-        yield from self._tail
-        if self._partial:
-            yield self._partial
-
-    def text(self) -> str:
-        return "\n".join(self.lines())
-
-
 class _LivenessProbe:
     """Ask sshd for a reply (a global request with want-reply) in a helper thread.
 
@@ -771,16 +766,11 @@ def _load_pkey(path: Path) -> paramiko.PKey:
         ) from None
 
 
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
 def _short(command: str, limit: int = 80) -> str:
     first = command.strip().splitlines()[0] if command.strip() else ""
     more = len(first) > limit or "\n" in command.strip()
     return first[:limit] + (" …" if more else "")
-
-
-def _tails(out: _StreamTail, err: _StreamTail, lines: int = 10) -> str:
-    parts = []
-    for stream in (out, err):
-        tail = list(stream.lines())[-lines:]
-        if tail:
-            parts.append(f"\nlast {stream.name}:\n" + "\n".join(f"  | {line}" for line in tail))
-    return "".join(parts)

@@ -57,6 +57,7 @@ FAULT_SHELL_NOT_FOUND = 2150858843  # the shell is gone: the guest restarted (or
 UPLOAD_CHUNK = 48 * 1024
 # The shell's output code page: UTF-8, so non-ASCII output of PowerShell survives.
 CODEPAGE_UTF8 = 65001
+POWERSHELL = "powershell.exe -NoLogo -NoProfile -NonInteractive -ExecutionPolicy Bypass"
 # cmd.exe's command-line limit: WinRS runs every command through cmd /c.
 CMD_LINE_LIMIT = 8191
 
@@ -343,17 +344,15 @@ class WinRMCommunicator:
                 if timeout is not None and time.monotonic() - start > timeout:
                     self._terminate(proto, shell, command_id)
                     raise CommunicatorTimeout(
-                        f"command did not finish within {timeout:.0f} s: {_shorten(command)}",
+                        f"command did not finish within {timeout:g} s: {_shorten(command)}",
                         hint="Raise the step's timeout, or check why the command hangs in the guest.",
                     )
                 try:
                     out, err, code, done = self._call(
                         "receive output", lambda: proto.get_command_output_raw(shell, command_id)
                     )
-                except CommunicatorError as exc:
-                    if isinstance(exc.__cause__, winrm.exceptions.WinRMOperationTimeoutError):
-                        continue  # no output within the operation timeout: ask again
-                    raise
+                except winrm.exceptions.WinRMOperationTimeoutError:
+                    continue  # no output within the operation timeout (fault 2150858793): ask again
                 streams["stdout"].feed(out)
                 streams["stderr"].feed(err)
                 if done:
@@ -415,7 +414,7 @@ class WinRMCommunicator:
                 last = len(chunk) < UPLOAD_CHUNK
                 self._call(
                     "send file data",
-                    lambda: proto.send_command_input(shell, command_id, line, end=last),
+                    lambda line=line, last=last: proto.send_command_input(shell, command_id, line, end=last),
                 )
                 if last:
                     break
@@ -427,10 +426,8 @@ class WinRMCommunicator:
                 out, err, code, done = self._call(
                     "finish the upload", lambda: proto.get_command_output_raw(shell, command_id)
                 )
-            except CommunicatorError as exc:
-                if isinstance(exc.__cause__, winrm.exceptions.WinRMOperationTimeoutError):
-                    continue
-                raise
+            except winrm.exceptions.WinRMOperationTimeoutError:
+                continue
             splitter.feed(out)
             errors.feed(err)
             if done:
@@ -456,9 +453,11 @@ class WinRMCommunicator:
     def download(self, src: str, dst: Path) -> None:
         """Fetch a guest file: PowerShell writes it base64-encoded to stdout; SHA-256 checked."""
         chunks: list[str] = []
-        result = self.run_powershell(
-            download_script(src), on_output=lambda stream, text: chunks.append(text) if stream == "stdout" else None
-        )
+        def collect(stream: str, text: str) -> None:
+            if stream == "stdout":
+                chunks.append(text)
+
+        result = self.run_powershell(download_script(src), on_output=collect)
         if not result.ok:
             raise CommunicatorError(
                 f"download of {src} failed in the guest (exit {result.exit_status}):\n{result.stderr_tail}"
@@ -518,7 +517,7 @@ def powershell_command(script: str) -> str:
     """
     full = "$ProgressPreference = 'SilentlyContinue'\n" + script
     encoded = base64.b64encode(full.encode("utf-16-le")).decode("ascii")
-    line = f"powershell.exe -NoLogo -NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand {encoded}"
+    line = f"{POWERSHELL} -EncodedCommand {encoded}"
     if len(line) > CMD_LINE_LIMIT:
         # A programming error on our side: long scripts must be uploaded and run from a file.
         raise CommunicatorError(

@@ -31,6 +31,8 @@ from typing import Any
 _GUID_NAMESPACE = uuid.UUID("11fb06fb-712d-4ddd-98c7-e71bbd588830")
 _MAX_EXPR_DEPTH = 64  # nested calls; real templates use < 10
 _MAX_EXPR_CHARS = 20_000
+_MAX_VALUE_LEN = 1_000_000  # characters of a string / items of an array computed by one call
+_MAX_FORMAT_WIDTH = 1000  # .NET alignment and precision in format(): '{0,20}', '{0:D8}'
 _RESOURCE_TYPE = re.compile(r"^[A-Za-z0-9.]+/[A-Za-z0-9/]+$")
 _DIGITS = "0123456789"  # str.isdigit() also takes '²' and other Unicode digits int() refuses
 PLACEHOLDER_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
@@ -415,9 +417,11 @@ def dotnet_format(fmt: str, args: Sequence[Any]) -> str:
                 item, align_text = item.split(",", 1)
                 try:
                     align = int(align_text.strip())
+                    if abs(align) > _MAX_FORMAT_WIDTH:
+                        raise ValueError
                 except ValueError:
                     raise ExpressionError(f"format(): bad alignment in {{{fmt[i + 1 : end]}}}") from None
-            if not item.strip().isdigit():
+            if not re.fullmatch(r"\s*[0-9]{1,6}\s*", item):
                 raise ExpressionError(f"format(): {{{fmt[i + 1 : end]}}} is not a placeholder like {{0}}")
             index = int(item)
             if index >= len(args):
@@ -443,15 +447,19 @@ def _format_item(value: Any, spec: str) -> str:
     if not spec or not isinstance(value, int) or isinstance(value, bool):
         return to_string(value)  # .NET ignores format specs for strings
     kind, digits = spec[0], spec[1:]
-    width = int(digits) if digits.isdigit() else 0
+    if digits and not re.fullmatch(r"[0-9]{1,9}", digits):
+        raise ExpressionError(f"format(): numeric format {spec!r} is not supported")
+    width = int(digits) if digits else 0
+    if width > _MAX_FORMAT_WIDTH:
+        raise ExpressionError(f"format(): precision {width} is too large")
     if kind in "Dd":
         return ("-" if value < 0 else "") + str(abs(value)).zfill(width)
     if kind in "Xx":
         text = format(value, "x" if kind == "x" else "X")
         return text.zfill(width)
-    if kind in "Nn":
-        text = f"{value:,}"
-        return text + ("." + "0" * width if (width or not digits) and digits != "0" else "")
+    if kind in "Nn":  # group separators, and 2 decimals unless a precision is given
+        decimals = width if digits else 2
+        return f"{value:,}" + ("." + "0" * decimals if decimals else "")
     raise ExpressionError(f"format(): numeric format {spec!r} is not supported")
 
 
@@ -531,7 +539,14 @@ class Scope:
         if func is None:
             raise _unsupported(node.name)
         args = [self.eval(arg) for arg in node.args]
-        return func(self, args)
+        try:
+            value = func(self, args)
+        except (ValueError, OverflowError, MemoryError) as exc:
+            raise ExpressionError(f"{node.name}(): {exc}") from None
+        # Nested replace()/concat() can grow a value exponentially; a template never needs this much.
+        if isinstance(value, str | list) and len(value) > _MAX_VALUE_LEN:
+            raise ExpressionError(f"{node.name}() produced a value longer than {_MAX_VALUE_LEN} items")
+        return value
 
     def _short_circuit(self, name: str, nodes: Sequence[Node]) -> Any:
         if len(nodes) < (1 if name == "coalesce" else 2):

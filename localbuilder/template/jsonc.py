@@ -77,13 +77,22 @@ def decode(data: bytes, source: str) -> str:
             f"{source}: the file is UTF-16 encoded",
             hint="save it as UTF-8 (PowerShell: Out-File -Encoding utf8)",
         )
+    offset = 0
     if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]  # Windows editors write a UTF-8 BOM; ARM accepts it.
+        data, offset = data[3:], 3  # Windows editors write a UTF-8 BOM; ARM accepts it.
+    nul = data.find(b"\0")
+    if nul >= 0:
+        # Valid UTF-8 but never text: a disk image, an archive, or UTF-16 without a BOM.
+        raise TemplateError(
+            f"{source}: binary data: a NUL byte at byte offset {nul + offset}",
+            hint="a template must be a UTF-8 JSON document; is this the right file?",
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TemplateError(
-            f"{source}: not UTF-8 text: invalid byte 0x{data[exc.start]:02x} at byte offset {exc.start}",
+            f"{source}: not UTF-8 text: invalid byte 0x{data[exc.start]:02x} at byte offset "
+            f"{exc.start + offset}",
             hint="a template must be a UTF-8 JSON document; is this a binary file?",
         ) from exc
 

@@ -75,12 +75,23 @@ def load_documents(
             hint="an image template is a JSON object with a 'properties' object, or an ARM deployment",
         )
     overrides = [parse_set(text) for text in sets]  # bad --set syntax fails before any work
+    # `--param resource_group_location=westus` sets the deployment context, unless the template
+    # declares a parameter of that name (then it is that parameter, as ARM would see it).
+    declared = doc.get("parameters") if isinstance(doc.get("$schema"), str) or "resources" in doc else None
+    declared_names = {k.lower() for k in declared} if isinstance(declared, dict) else set()
+    ctx_values = dict(context or {})
+    template_params: dict[str, str] = {}
+    for name, text in params.items():
+        if name in DeploymentContext.KEYS and name.lower() not in declared_names:
+            ctx_values[name] = text
+        else:
+            template_params[name] = text
     try:
-        ctx = DeploymentContext.from_mapping(context or {})
+        ctx = DeploymentContext.from_mapping(ctx_values)
     except ValueError as exc:
         raise TemplateError(f"deployment context: {exc}", hint="fix the context key") from None
     supplied = _read_parameters_file(parameters_file) if parameters_file else {}
-    for name, text in params.items():
+    for name, text in template_params.items():
         supplied[name] = _Supplied(None, f"--param {name}", text)
 
     shape = detect_shape(doc, path)
@@ -790,7 +801,7 @@ def find_placeholders(text: str) -> list[str]:
     for m in _PLACEHOLDER.finditer(stripped):
         before = stripped[m.start() - 1] if m.start() else "/"
         after = stripped[m.end()] if m.end() < len(stripped) else "/"
-        if before in _SEGMENT_EDGE and after in _SEGMENT_EDGE and m.group(1).lower() not in _HTML_TAGS:
+        if before in _SEGMENT_EDGE and after in _SEGMENT_EDGE:
             found.append(m.group(0))
     return found
 

@@ -773,7 +773,8 @@ class _Builder:
             )
         if kind == "File":
             destination = raw.get("destination", "")
-            self.destination(destination, path + ("destination",), os_type)
+            if "destination" in raw:  # a missing one is reported as required
+                self.destination(destination, path + ("destination",), os_type)
             if raw.get("sourceUri") == "":
                 self.add(
                     path + ("sourceUri",), "must not be empty", hint="give the URI of the file to upload"

@@ -210,9 +210,9 @@ _POWERSHELL_EXTRA = (
     F("validExitCodes", Kind.integer_array, since=V19_02),
 )
 _FILE = (
-    F("sourceUri", S, required=(V19_05, None), need=Need.local),
+    F("sourceUri", S, required=_ALWAYS, need=Need.local),
     F("sha256Checksum", S, since=V19_05),
-    F("destination", S, required=(V19_05, None), need=Need.local),
+    F("destination", S, required=_ALWAYS, need=Need.local),
 )
 _DISTRIBUTOR_BASE = (
     F("type", S, required=_ALWAYS, need=Need.local),

@@ -23,10 +23,8 @@ def upload_file(comm: Communicator, src: Path, dst: str) -> None:
             hint="Write it with a drive letter, e.g. c:\\\\buildArtifacts\\\\index.html.",
         )
     parent = ntpath.dirname(dst)
-    check = comm.run(
-        powershell_command(f"if (Test-Path -LiteralPath {ps_quote(parent)} -PathType Container) {{ exit 0 }} exit 3"),
-        timeout=120,
-    )
+    script = f"if (Test-Path -LiteralPath {ps_quote(parent)} -PathType Container) {{ exit 0 }} exit 3"
+    check = comm.run(powershell_command(script), timeout=120)
     if check.exit_status == 3:
         raise CustomizerError(
             f"File destination {dst}: the directory {parent} does not exist in the guest",

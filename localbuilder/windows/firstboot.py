@@ -123,7 +123,8 @@ def write_iso(path: Path, files: dict[str, bytes]) -> None:
     iso.new(interchange_level=3, vol_ident=VOLUME_LABEL, joliet=3)
     try:
         for index, (name, data) in enumerate(sorted(files.items())):
-            iso_name = (re.sub(r"[^A-Z0-9_]", "", name.upper().rsplit(".", 1)[0])[:6] or "FILE") + f"{index:02d}"
+            stem = re.sub(r"[^A-Z0-9_]", "", name.upper().rsplit(".", 1)[0])[:6] or "FILE"
+            iso_name = f"{stem}{index:02d}"  # unique 8.3 names; Windows shows the Joliet names
             iso.add_fp(io.BytesIO(data), len(data), f"/{iso_name}.;1", joliet_path=f"/{name}")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
@@ -146,7 +147,13 @@ def make_first_boot_media(
     pfx, fingerprint = make_listener_certificate(computer_name.lower(), pfx_password)
     unattend = render_unattend(username=username, password=password, computer_name=computer_name).encode()
     config = json.dumps(
-        {"username": username, "password": password, "pfx": PFX_NAME, "pfx_password": pfx_password, "port": port},
+        {
+            "username": username,
+            "password": password,
+            "pfx": PFX_NAME,
+            "pfx_password": pfx_password,
+            "port": port,
+        },
         indent=2,
     ).encode()
     iso = directory / "windows-setup.iso"
@@ -160,4 +167,6 @@ def make_first_boot_media(
             PFX_NAME: pfx,
         },
     )
-    return FirstBootMedia(iso=iso, username=username, password=password, cert_fingerprint=fingerprint, port=port)
+    return FirstBootMedia(
+        iso=iso, username=username, password=password, cert_fingerprint=fingerprint, port=port
+    )

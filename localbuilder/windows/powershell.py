@@ -115,17 +115,25 @@ $log = $userScript + '.log'
 $exitFile = $userScript + '.exit'
 Set-Content -LiteralPath $runner -Encoding UTF8 -Value @'
 {runner}'@
-$arguments = '/c powershell.exe -NoLogo -NoProfile -NonInteractive -ExecutionPolicy Bypass -File "{{0}}" > "{{1}}" 2>&1' -f $runner, $log
-$action = New-ScheduledTaskAction -Execute 'cmd.exe' -Argument $arguments
-$settings = New-ScheduledTaskSettingsSet -AllowStartIfOnBatteries -DontStopIfGoingOnBatteries -ExecutionTimeLimit ([TimeSpan]::Zero)
-if ($runAs -eq 'SYSTEM') {{
-    $principal = New-ScheduledTaskPrincipal -UserId 'NT AUTHORITY\\SYSTEM' -LogonType ServiceAccount -RunLevel Highest
-    Register-ScheduledTask -TaskName $taskName -Action $action -Settings $settings -Principal $principal -Force | Out-Null
-}} else {{
-    $password = [Console]::In.ReadLine()
-    Register-ScheduledTask -TaskName $taskName -Action $action -Settings $settings -User $runAs -Password $password -RunLevel Highest -Force | Out-Null
-    $password = $null
+$powershell = 'powershell.exe -NoLogo -NoProfile -NonInteractive -ExecutionPolicy Bypass'
+$arguments = '/c {{0}} -File "{{1}}" > "{{2}}" 2>&1' -f $powershell, $runner, $log
+$task = @{{
+    TaskName = $taskName
+    Action = New-ScheduledTaskAction -Execute 'cmd.exe' -Argument $arguments
+    Settings = New-ScheduledTaskSettingsSet -AllowStartIfOnBatteries -DontStopIfGoingOnBatteries `
+        -ExecutionTimeLimit ([TimeSpan]::Zero)
+    Force = $true
 }}
+if ($runAs -eq 'SYSTEM') {{
+    $task.Principal = New-ScheduledTaskPrincipal -UserId 'NT AUTHORITY\\SYSTEM' -LogonType ServiceAccount `
+        -RunLevel Highest
+}} else {{
+    $task.User = $runAs
+    $task.Password = [Console]::In.ReadLine()
+    $task.RunLevel = 'Highest'
+}}
+Register-ScheduledTask @task | Out-Null
+$task = $null
 Start-ScheduledTask -TaskName $taskName
 $position = 0
 function Send-NewOutput {{
@@ -145,7 +153,8 @@ while (-not (Test-Path -LiteralPath $exitFile)) {{
     Send-NewOutput
     $state = (Get-ScheduledTask -TaskName $taskName).State
     $last = (Get-ScheduledTaskInfo -TaskName $taskName).LastTaskResult
-    if ($state -ne 'Running' -and $state -ne 'Queued' -and $last -ne {SCHED_RUNNING} -and $last -ne {SCHED_NOT_RUN}) {{
+    $pending = $last -eq {SCHED_RUNNING} -or $last -eq {SCHED_NOT_RUN}
+    if ($state -ne 'Running' -and $state -ne 'Queued' -and -not $pending) {{
         break
     }}
 }}
@@ -213,7 +222,8 @@ def run_powershell_script(
             )
         stdin = password.encode("utf-8") + b"\r\n"
     launcher = remote.removesuffix(".ps1") + ".launch.ps1"
-    _upload_bytes(comm, UTF8_BOM + elevated_launcher(remote, task_name=task_name, run_as=run_as).encode(), launcher)
+    text = elevated_launcher(remote, task_name=task_name, run_as=run_as)
+    _upload_bytes(comm, UTF8_BOM + text.encode("utf-8"), launcher)
     command = (
         "powershell.exe -NoLogo -NoProfile -NonInteractive -ExecutionPolicy Bypass "
         f'-File "{launcher}"'

@@ -36,7 +36,9 @@ TEST_COMMAND = 'shutdown /r /f /t 60 /c "packer restart test"'
 ABORT_COMMAND = "shutdown /a"
 # Packer's built-in check (DefaultRestartCheckCommand): prints "<hostname> restarted.".
 CHECK_SCRIPT = 'echo ("{0} restarted." -f [System.Net.Dns]::GetHostName())'
-BOOT_TIME_SCRIPT = "(Get-CimInstance -ClassName Win32_OperatingSystem).LastBootUpTime.ToUniversalTime().ToString('o')"
+BOOT_TIME_SCRIPT = (
+    "(Get-CimInstance -ClassName Win32_OperatingSystem).LastBootUpTime.ToUniversalTime().ToString('o')"
+)
 RESTART_OK = (0, 1115, 1190)
 STILL_GOING_DOWN = (1115, 1190, 1717)
 

@@ -66,9 +66,10 @@ def deprovision_windows(
             "C:\\Windows\\System32\\Sysprep\\Panther\\setuperr.log says why.",
         ) from exc
     if not went_down and not result.ok:
+        tail = result.stderr_tail or result.stdout_tail
         raise DeprovisionError(
             f"{DEPROVISION_SCRIPT} failed with exit code {result.exit_status}"
-            + (f"\n{result.stderr_tail or result.stdout_tail}" if (result.stderr_tail or result.stdout_tail) else ""),
+            + (f"\n{tail}" if tail else ""),
             hint="See the Sysprep output above and C:\\Windows\\System32\\Sysprep\\Panther\\setuperr.log.",
         )
     if not went_down:

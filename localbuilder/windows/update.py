@@ -59,8 +59,11 @@ def invocation(options: UpdateOptions, script: str = REMOTE_SCRIPT) -> str:
         f"-UpdateLimit {int(options.update_limit)}",
     ]
     if options.test_counter_file:
-        parts += [f"-TestCounterFile {ps_quote(options.test_counter_file)}", f"-TestReboots {options.test_reboots}"]
-    return " ".join(parts) + "\r\nexit $LASTEXITCODE\r\n"
+        parts += [
+            f"-TestCounterFile {ps_quote(options.test_counter_file)}",
+            f"-TestReboots {options.test_reboots}",
+        ]
+    return " ".join(parts) + "\nexit $LASTEXITCODE\n"
 
 
 def windows_update(

@@ -25,13 +25,39 @@ import os
 import select
 import shlex
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
 
 import paramiko
+from paramiko.common import MSG_CHANNEL_SUCCESS
 
 SERVER_LOG = "tests.sshserver"
+
+
+class _ServerTransport(paramiko.Transport):
+    """A Transport that tells when it has answered a channel request.
+
+    paramiko sends the reply to an exec request only after check_channel_exec_request() returns; a fast
+    command running in its own thread could otherwise send its output, exit status and close first, and
+    the client would see "Channel closed" instead of a success (a real sshd replies before it forks).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self._replied: dict[int, threading.Event] = {}
+        self._replied_lock = threading.Lock()
+
+    def replied(self, remote_chanid: int) -> threading.Event:
+        with self._replied_lock:
+            return self._replied.setdefault(remote_chanid, threading.Event())
+
+    def _send_user_message(self, data: paramiko.Message) -> None:  # type: ignore[override]
+        super()._send_user_message(data)
+        raw = data.asbytes()
+        if raw[:1] == bytes([MSG_CHANNEL_SUCCESS]):
+            self.replied(struct.unpack(">I", raw[1:5])[0]).set()
 
 
 class _Server(paramiko.ServerInterface):
@@ -79,7 +105,7 @@ class SSHTestServer:
         self.sftp_enabled = True
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._transports: list[paramiko.Transport] = []
+        self._transports: list[_ServerTransport] = []
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.1)
@@ -96,7 +122,7 @@ class SSHTestServer:
             except OSError:
                 return
             self.connections += 1
-            transport = paramiko.Transport(sock)
+            transport = _ServerTransport(sock)
             transport.set_log_channel(SERVER_LOG)
             transport.add_server_key(self.host_key)
             if self.sftp_enabled:
@@ -132,6 +158,9 @@ class SSHTestServer:
 
     def _interpret(self, chan: paramiko.Channel, line: str, user: str | None) -> None:
         status: int | None = 0
+        transport = chan.get_transport()
+        assert isinstance(transport, _ServerTransport)
+        transport.replied(chan.remote_chanid).wait(5)
         try:
             for part in line.split(";"):
                 argv = shlex.split(part)
@@ -370,3 +399,46 @@ class TCPProxy:
             thread.join(5)
         for sock in self._socks:
             sock.close()
+
+
+class RawServer:
+    """Accepts TCP connections on 127.0.0.1, sends ``greeting`` and then nothing, closing each connection
+    after ``hold`` seconds: an SSH server stuck after its banner, or a different service on the port."""
+
+    def __init__(self, greeting: bytes, hold: float = 3.0) -> None:
+        self.greeting = greeting
+        self.hold = hold
+        self.connections = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port: int = self._listener.getsockname()[1]
+        self._accepter = threading.Thread(target=self._accept_loop, daemon=True)
+        self._accepter.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with client:
+            with _suppress():
+                client.sendall(self.greeting)
+            self._stop.wait(self.hold)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        self._accepter.join(5)
+        for thread in self._threads:
+            thread.join(5)

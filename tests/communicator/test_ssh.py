@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from localbuilder import keys
-from localbuilder.communicator.ssh import MAX_LINE_CHARS, TAIL_CHARS, TAIL_LINES, SSHCommunicator
+from localbuilder.communicator.output import MAX_LINE_CHARS, TAIL_CHARS, TAIL_LINES
+from localbuilder.communicator.ssh import SSHCommunicator
 from localbuilder.errors import CommunicatorError, CommunicatorTimeout, Disconnected, HostKeyMismatch
 from tests.communicator.conftest import MakeComm
-from tests.communicator.sshserver import SSHTestServer, TCPProxy
+from tests.communicator.sshserver import RawServer, SSHTestServer, TCPProxy
 
 
 def collect(comm: SSHCommunicator, command: str, **kwargs: object) -> tuple[list[tuple[str, str]], object]:
@@ -150,6 +151,27 @@ def test_wait_ready_timeout_shows_the_console_tail(make_comm: MakeComm, tmp_path
     assert "OK Started ssh" in message  # escape sequences stripped
     assert "\x1b" not in message
     assert "connect" in message  # the last error is named
+
+
+def test_server_stuck_after_its_banner_times_out_cleanly(make_comm: MakeComm) -> None:
+    raw = RawServer(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", hold=5)
+    try:
+        comm = make_comm(port=raw.port, handshake_timeout=0.5)
+        with pytest.raises(CommunicatorTimeout, match="key exchange did not complete"):
+            comm.wait_ready(2)
+        assert raw.connections >= 2  # it was retried
+    finally:
+        raw.stop()
+
+
+def test_a_different_service_on_the_port_is_named(make_comm: MakeComm) -> None:
+    raw = RawServer(b"HTTP/1.1 400 Bad Request\r\n\r\n", hold=5)
+    try:
+        comm = make_comm(port=raw.port, connect_timeout=0.3)
+        with pytest.raises(CommunicatorTimeout, match="not with an SSH banner: b'HTTP/1.1 400"):
+            comm.wait_ready(1)
+    finally:
+        raw.stop()
 
 
 def test_wait_ready_timeout_with_missing_console_log(make_comm: MakeComm, tmp_path: Path) -> None:

@@ -47,7 +47,9 @@ def _copy_into(dst: Path, src: Path, offset: int) -> None:
 
 def mbr_entry(ptype: int, lba: int, sectors: int, boot: bool = False) -> bytes:
     # CHS fields are ignored by everything modern; 0xFE/0xFF/0xFF means "use LBA".
-    return struct.pack("<B3sB3sII", 0x80 if boot else 0, b"\xfe\xff\xff", ptype, b"\xfe\xff\xff", lba, sectors)
+    return struct.pack(
+        "<B3sB3sII", 0x80 if boot else 0, b"\xfe\xff\xff", ptype, b"\xfe\xff\xff", lba, sectors
+    )
 
 
 def write_mbr(path: Path, entries: list[bytes], at: int = 0) -> None:

@@ -116,7 +116,9 @@ def test_logical_partitions_follow_the_ebr_chain(tmp_path: Path) -> None:
 
 
 def test_gpt_partitions_are_parsed(tmp_path: Path) -> None:
-    path = craft.gpt_disk(tmp_path / "g.raw", [(craft.ESP, 2, "EFI"), (craft.LINUX_ROOT_X86_64, 4, "root")], 10)
+    path = craft.gpt_disk(
+        tmp_path / "g.raw", [(craft.ESP, 2, "EFI"), (craft.LINUX_ROOT_X86_64, 4, "root")], 10
+    )
     size = path.stat().st_size
     parts = ins.parse_partitions(ins.ReadAt(path, size), size)
     assert [(p.number, p.start, p.size, p.scheme, p.type, p.name) for p in parts] == [
@@ -205,7 +207,8 @@ def test_clean_image_is_generalized(clean_disk: Path) -> None:
     assert report.filesystem == "ext4" and report.image_format == "raw"
     assert report.tmp_leftovers == () and report.authorized_keys == ()
     assert {c.check for c in report.checks} >= {
-        "build-user", "authorized-keys", "ssh-host-keys", "cloud-init", "machine-id", "sudoers", "waagent", "tmp",
+        "build-user", "authorized-keys", "ssh-host-keys", "cloud-init",
+        "machine-id", "sudoers", "waagent", "tmp",
     }  # fmt: skip
     assert "result: generalized" in report.render()
     report.require_generalized()
@@ -215,7 +218,15 @@ def test_dirty_image_fails_every_check_with_the_paths(dirty_disk: Path) -> None:
     report = ins.inspect_image(dirty_disk, build_user="lbuser", build_key=BUILD_KEY)
     assert not report.generalized
     statuses = _by_check(report)
-    for check in ("build-user", "authorized-keys", "ssh-host-keys", "cloud-init", "machine-id", "sudoers", "waagent"):
+    for check in (
+        "build-user",
+        "authorized-keys",
+        "ssh-host-keys",
+        "cloud-init",
+        "machine-id",
+        "sudoers",
+        "waagent",
+    ):
         assert ins.Status.failed in statuses[check], (check, report.render())
     assert statuses["tmp"] == {ins.Status.warning}
     assert statuses["shell-history"] == {ins.Status.warning}
@@ -257,7 +268,9 @@ def test_gpt_disk_with_esp_finds_the_root_by_type(tmp_path: Path) -> None:
     boot = _fs(tmp_path, {"/grub/grub.cfg": "x"}, {}, name="boot")  # ext, but no /etc: not the root
     root = _fs(tmp_path, BASE, LINKS, name="root")
     path = craft.gpt_disk(
-        tmp_path / "g.raw", [(craft.ESP, 2, "EFI"), (craft.ESP, boot, "boot"), (craft.LINUX_ROOT_X86_64, root, "")], 24
+        tmp_path / "g.raw",
+        [(craft.ESP, 2, "EFI"), (craft.ESP, boot, "boot"), (craft.LINUX_ROOT_X86_64, root, "")],
+        24,
     )
     report = ins.inspect_image(path, build_user="lbuser")
     assert report.root is not None and report.root.number == 3 and report.generalized
@@ -316,6 +329,8 @@ def test_cli_json_and_exit_codes(
     assert "PASS" in out and "result: generalized" in out
 
 
-def test_cli_bad_build_key_path_is_a_usage_error(clean_disk: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bad_build_key_path_is_a_usage_error(
+    clean_disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["inspect", str(clean_disk), "--build-key", "/nonexistent.pub"]) == 2
     assert "--build-key: cannot read /nonexistent.pub" in capsys.readouterr().err

@@ -33,6 +33,8 @@ PARAMS: dict[str, Any] = {
     "replicationregions": ["centralus", "eastus2"],
 }
 VARIABLES: dict[str, Any] = {"imagefolder": "c:\\images"}
+# Each replace() doubles the string: 2 * 2**21 characters, over the evaluator's 1 M limit.
+BLOWUP = "[" + "replace(" * 21 + "'aa'" + ", 'a', 'aa')" * 21 + "]"
 
 
 def make_scope(ctx: DeploymentContext | None = None) -> Scope:
@@ -92,7 +94,14 @@ def test_integer_literals_including_negative() -> None:
 
 
 def test_true_false_null_as_words_and_functions() -> None:
-    assert ev("[createArray(true, false, null, true(), false(), null())]") == [True, False, None, True, False, None]
+    assert ev("[createArray(true, false, null, true(), false(), null())]") == [
+        True,
+        False,
+        None,
+        True,
+        False,
+        None,
+    ]
 
 
 def test_property_access_and_indexing() -> None:
@@ -192,8 +201,10 @@ def test_format_with_resource_group_name() -> None:  # kkamegawa: aibName defaul
 def test_format_split_index_resource_id() -> None:  # kkamegawa: galleyImageVersion
     text = (
         "[format('{0}/versions/{1}', resourceId('Microsoft.Compute/galleries/images', "
-        "split(format('{0}/{1}', parameters('AzureComputingGallery'), parameters('gallaryImageName')), '/')[0], "
-        "split(format('{0}/{1}', parameters('AzureComputingGallery'), parameters('gallaryImageName')), '/')[1]), "
+        "split(format('{0}/{1}', parameters('AzureComputingGallery'), "
+        "parameters('gallaryImageName')), '/')[0], "
+        "split(format('{0}/{1}', parameters('AzureComputingGallery'), "
+        "parameters('gallaryImageName')), '/')[1]), "
         "parameters('date'))]"
     )
     assert ev(text) == (
@@ -212,6 +223,7 @@ def test_format_split_index_resource_id() -> None:  # kkamegawa: galleyImageVers
         ("{0:D3}", [7], "007"),
         ("{0:X}", [255], "FF"),
         ("{0:N0}", [1234567], "1,234,567"),
+        ("{0:N}", [1234], "1,234.00"),
         ("{0}", [True], "True"),
     ],
 )
@@ -219,7 +231,9 @@ def test_dotnet_format(fmt: str, args: list[Any], expected: str) -> None:
     assert arm.dotnet_format(fmt, args) == expected
 
 
-@pytest.mark.parametrize(("fmt", "fragment"), [("{1}", "only 1 given"), ("{0", "unclosed"), ("}", "unmatched")])
+@pytest.mark.parametrize(
+    ("fmt", "fragment"), [("{1}", "only 1 given"), ("{0", "unclosed"), ("}", "unmatched")]
+)
 def test_dotnet_format_errors(fmt: str, fragment: str) -> None:
     with pytest.raises(ExpressionError, match=fragment):
         arm.dotnet_format(fmt, ["a"])
@@ -227,7 +241,9 @@ def test_dotnet_format_errors(fmt: str, fragment: str) -> None:
 
 def test_guid_substring_format() -> None:  # nataliakon: templateIdentityName default
     rg_id = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/localbuilder-rg"
-    expected = ("ImageGallery_" + str(uuid.uuid5(uuid.UUID("11fb06fb-712d-4ddd-98c7-e71bbd588830"), rg_id)))[:21]
+    expected = ("ImageGallery_" + str(uuid.uuid5(uuid.UUID("11fb06fb-712d-4ddd-98c7-e71bbd588830"), rg_id)))[
+        :21
+    ]
     assert ev("[substring(format('ImageGallery_{0}', guid(resourceGroup().id)), 0, 21)]") == expected
 
 
@@ -331,7 +347,9 @@ def test_deployment_has_no_template_link_for_a_local_file() -> None:  # nataliak
 
 
 def test_reference_needs_azure_and_says_so() -> None:  # nataliakon: roleAssignments principalId
-    message = err("[reference(resourceId('Microsoft.ManagedIdentity/userAssignedIdentities', 'x')).principalId]")
+    message = err(
+        "[reference(resourceId('Microsoft.ManagedIdentity/userAssignedIdentities', 'x')).principalId]"
+    )
     assert "reference() cannot be evaluated locally" in message
 
 
@@ -424,6 +442,9 @@ def test_other_cheap_functions(text: str, expected: Any) -> None:
         ("[div(1, 0)]", "division by zero"),
         ("[int('x')]", "cannot convert"),
         ("[split('a', '')]", "must not be empty"),
+        ("[format('{0:D99999}', 1)]", "too large"),
+        ("[format('{0,99999}', 1)]", "bad alignment"),
+        (BLOWUP, "longer than"),
     ],
 )
 def test_function_errors_are_specific(text: str, fragment: str) -> None:
@@ -433,4 +454,7 @@ def test_function_errors_are_specific(text: str, fragment: str) -> None:
 def test_deployment_context_rejects_unknown_keys() -> None:
     with pytest.raises(ValueError, match="unknown deployment context key"):
         DeploymentContext.from_mapping({"resource_group": "x"})
-    assert DeploymentContext.from_mapping({"resource_group_location": "westus"}).resource_group_location == "westus"
+    assert (
+        DeploymentContext.from_mapping({"resource_group_location": "westus"}).resource_group_location
+        == "westus"
+    )

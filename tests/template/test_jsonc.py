@@ -162,11 +162,16 @@ def test_load_file_missing_and_directory(tmp_path: Path) -> None:
         jsonc.load_file(tmp_path)
 
 
-def test_binary_junk_is_a_template_error(tmp_path: Path) -> None:
+def test_binary_junk_names_the_byte_offset(tmp_path: Path) -> None:
     junk = tmp_path / "disk.vhd"
     junk.write_bytes(b"conectix\x00\x00\x00\x02\x00\x01\x00\x00\xff\xff")
-    with pytest.raises(TemplateError):
+    with pytest.raises(TemplateError, match="NUL byte at byte offset 8"):
         jsonc.load_file(junk)
+
+
+def test_byte_offsets_count_the_bom() -> None:
+    with pytest.raises(TemplateError, match="byte offset 9"):
+        jsonc.decode(b'\xef\xbb\xbf{"a": \xff}', "t.json")
 
 
 @settings(max_examples=300, deadline=None)

@@ -275,7 +275,9 @@ class WSManServer:
             self._old_user_file = os.environ.get("NTLM_USER_FILE")
             os.environ["NTLM_USER_FILE"] = str(user_file)
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -537,7 +539,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
         reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 500: "Internal Server Error"}[status]
-        lines = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}", "Server: Microsoft-HTTPAPI/2.0"]
+        lines = [
+            f"HTTP/1.1 {status} {reason}",
+            f"Content-Length: {len(body)}",
+            "Server: Microsoft-HTTPAPI/2.0",
+        ]
         for key, value in (headers or {}).items():
             lines.append(f"{key}: {value}")
         # One write for headers and body (FACTS §8).
@@ -618,7 +624,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reply(401, headers={"WWW-Authenticate": "Negotiate"})
             return False
         if not self.ntlm.complete:
-            self._reply(401, headers={"WWW-Authenticate": "Negotiate " + base64.b64encode(token or b"").decode()})
+            challenge = "Negotiate " + base64.b64encode(token or b"").decode()
+            self._reply(401, headers={"WWW-Authenticate": challenge})
             return False
         self.authenticated = True
         return True

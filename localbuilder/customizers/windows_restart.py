@@ -1,0 +1,29 @@
+"""WindowsRestart customizer: Packer's restart algorithm, confirmed through the hypervisor.
+
+See ``localbuilder.windows.restart`` for the algorithm; ``restartTimeout`` is parsed there (``5m``,
+``2h``, ``1h30m``).
+"""
+
+from __future__ import annotations
+
+from localbuilder.customizers import Customizer, GuestOS, StepContext
+from localbuilder.windows.restart import (
+    DEFAULT_RESTART_COMMAND,
+    RestartOptions,
+    parse_restart_timeout,
+    restart_windows,
+)
+
+
+class WindowsRestart(Customizer, type_name="WindowsRestart"):
+    supported_os = frozenset({GuestOS.windows})
+
+    def apply(self, ctx: StepContext) -> None:
+        step = self.step
+        timeout = parse_restart_timeout(step.restart_timeout or "5m")
+        options = RestartOptions(
+            restart_command=step.restart_command or DEFAULT_RESTART_COMMAND,
+            check_command=step.restart_check_command or "",
+            timeout=min(timeout, ctx.remaining()),
+        )
+        restart_windows(ctx.comm, options, guest=ctx.guest, on_output=ctx.output)

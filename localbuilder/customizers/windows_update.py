@@ -1,0 +1,19 @@
+"""WindowsUpdate customizer: the install/restart loop of ``localbuilder.windows.update``."""
+
+from __future__ import annotations
+
+from localbuilder.customizers import Customizer, GuestOS, StepContext
+from localbuilder.windows.update import DEFAULT_UPDATE_LIMIT, UpdateOptions, filters_for, windows_update
+
+
+class WindowsUpdate(Customizer, type_name="WindowsUpdate"):
+    supported_os = frozenset({GuestOS.windows})
+
+    def apply(self, ctx: StepContext) -> None:
+        step = self.step
+        options = UpdateOptions(
+            search_criteria=step.search_criteria,
+            filters=filters_for(step.filters),
+            update_limit=step.update_limit or DEFAULT_UPDATE_LIMIT,
+        )
+        windows_update(ctx.comm, options, guest=ctx.guest, on_output=ctx.output, timeout=ctx.remaining())

@@ -1,0 +1,87 @@
+"""Real guests: boot the Debian 12 test image, deprovision it, convert the disk to a fixed VHD and
+inspect that offline. One run with localbuilder's default deprovision, one where the user's own
+/tmp/DeprovisioningScript.sh replaces it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from localbuilder import disk, vhd
+from localbuilder import inspect as ins
+from localbuilder.deprovision import deprovision_linux
+from localbuilder.hypervisor.probe import resolve_accel, timeout_scale
+from localbuilder.images import BuiltImage
+from localbuilder.session import linux_guest
+
+pytestmark = pytest.mark.integration
+
+USER_SCRIPT = b"""#!/bin/sh
+# A user's own deprovision: generalizes only partly and leaves a marker, so the test can tell it ran.
+set -e
+rm -f /etc/ssh/ssh_host_*
+cloud-init clean --logs
+echo "ran as $(id -un)" > /root/user-deprovision-ran
+sync
+"""
+
+
+def _public_key_line(key_file: Path) -> str:
+    key = paramiko.Ed25519Key.from_private_key_file(str(key_file))
+    return f"{key.get_name()} {key.get_base64()}"
+
+
+def _boot_deprovision_convert(
+    tmp_path: Path, image: BuiltImage, *, user_script: bytes | None
+) -> tuple[Path, str, str, bool]:
+    accel = resolve_accel("auto")
+    with linux_guest(image.path, image.format, workdir=tmp_path, accel=accel, keep_overlay=True) as lg:
+        comm = lg.communicator
+        # cloud-init provisioned the build user, host keys, instance state, sudoers and machine-id:
+        # everything the deprovision must remove. Check the precondition, or a pass proves nothing.
+        state = comm.run(
+            "id -u && ls /etc/ssh/ssh_host_* && test -s /etc/machine-id && "
+            "sudo test -e /etc/sudoers.d/90-cloud-init-users && test -e /var/lib/cloud/instance"
+        )
+        assert state.ok, state.stderr_tail
+        if user_script is not None:
+            put = comm.run("cat > /tmp/DeprovisioningScript.sh", stdin=user_script)
+            assert put.ok, put.stderr_tail
+        result = deprovision_linux(comm, lg.guest, lg.user, timeout=300 * timeout_scale(accel))
+        assert result.user_script == (user_script is not None)
+        assert not lg.guest.is_running()
+        overlay, user, key = lg.overlay_path, lg.user, _public_key_line(lg.key_file)
+    out = disk.to_fixed_vhd(overlay, "qcow2", tmp_path / "out.vhd", progress=False)
+    assert out.virtual_size % vhd.MIB == 0 and out.footer.disk_type == vhd.DiskType.fixed
+    return out.path, user, key, result.disconnected
+
+
+def test_default_deprovision_generalizes_the_image(tmp_path: Path, debian_image: BuiltImage) -> None:
+    vhd_path, user, key, _ = _boot_deprovision_convert(tmp_path, debian_image, user_script=None)
+    report = ins.inspect_image(vhd_path, build_user=user, build_key=key)
+    assert report.inspected and report.os == "linux" and "Debian" in report.os_name
+    assert report.generalized, report.render()
+    status = {c.check: c.status for c in report.checks}
+    for check in ("build-user", "authorized-keys", "ssh-host-keys", "cloud-init", "machine-id", "sudoers"):
+        assert status[check] == ins.Status.passed, report.render()
+    assert status["waagent"] == ins.Status.passed, report.render()  # the Debian image ships waagent
+    assert "/tmp/localbuilder-deprovision.sh" not in report.tmp_leftovers
+
+
+def test_user_deprovisioning_script_replaces_ours(tmp_path: Path, debian_image: BuiltImage) -> None:
+    vhd_path, user, key, _ = _boot_deprovision_convert(tmp_path, debian_image, user_script=USER_SCRIPT)
+    report = ins.inspect_image(vhd_path, build_user=user, build_key=key)
+    status = {c.check: c.status for c in report.checks}
+    # The user's script ran as root and did what it does …
+    assert report.root is not None
+    marker = ins.Ext4Reader(vhd_path, report.root.start).read_text("/root/user-deprovision-ran")
+    assert marker == "ran as root\n"
+    assert status["ssh-host-keys"] == ins.Status.passed and status["cloud-init"] == ins.Status.passed
+    # … and ours did not: the build user, its key and the sudoers file are still there.
+    assert status["build-user"] == ins.Status.failed
+    assert status["authorized-keys"] == ins.Status.failed
+    assert status["sudoers"] == ins.Status.failed
+    assert "/tmp/DeprovisioningScript.sh" in report.tmp_leftovers
+    assert not report.generalized

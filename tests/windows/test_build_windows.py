@@ -1,0 +1,141 @@
+"""A Windows corpus template through the build orchestrator, against the WS-Man server and the guest model.
+
+What is real here: template loading and validation, the orchestrator (``Build``), the customizer classes
+(PowerShell, WindowsRestart, File, WindowsUpdate), ``WinRMCommunicator`` over real pywinrm (HTTPS,
+NTLM, pinned certificate) and ``deprovision_windows``. What is not: the guest (the model) and the disk
+(the platform below writes a placeholder VHD and skips the offline inspection, which is Linux-only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localbuilder.build import (
+    BootedGuest,
+    Build,
+    BuildOptions,
+    DeprovisionOutcome,
+    GuestRequest,
+    Inspection,
+    SourceImage,
+)
+from localbuilder.customizers import GuestOS
+from localbuilder.state import RunState
+from localbuilder.template import parse_template
+from localbuilder.template.load import load_documents
+from localbuilder.windows import deprovision_windows
+from tests.windows.guest_model import SEALED, WindowsGuest
+from tests.windows.helpers import USER, ServerGuest, connect
+from tests.windows.wsman_server import WSManServer, decode_powershell
+
+TEMPLATE = "Azure__azvmimagebuilder__quickquickstarts__0_Creating_a_Custom_Windows_Managed_Image__helloImageTemplateWin.json"
+
+# What the template's scriptUri (danielsollondon/azvmimagebuilder testPsScript.ps1) does: create the
+# build directory the later File step writes into.
+TEST_PS_SCRIPT = "Write-Host 'Creating build path'\r\nmkdir c:\\buildArtifacts\r\n"
+
+
+class WindowsTestPlatform:
+    """The Platform the orchestrator drives: the WS-Man server plays the booted Windows guest."""
+
+    def __init__(self, srv: WSManServer, model: WindowsGuest, tmp: Path) -> None:
+        self.srv = srv
+        self.model = model
+        self.tmp = tmp
+        self.deprovisions = 0
+
+    def resolve(self, source: Any) -> SourceImage:
+        return SourceImage(path=self.tmp / "win.vhd", format="vpc", os=GuestOS.windows,
+                           label=f"{source.publisher}:{source.offer}:{source.sku}:{source.version}")
+
+    @contextlib.contextmanager
+    def boot(self, request: GuestRequest) -> Iterator[BootedGuest]:
+        from localbuilder.hypervisor import GuestSpec
+
+        comm = connect(self.srv)
+        comm.wait_ready(request.timeout)
+        overlay = self.tmp / "overlay.qcow2"
+        overlay.write_bytes(b"")
+        guest = ServerGuest(self.srv, self.model, GuestSpec(name="win", disk=overlay, workdir=self.tmp))
+        yield BootedGuest(guest=guest, comm=comm, host="127.0.0.1", port=self.srv.port, user=USER,
+                          key_file=Path("/nonexistent"), overlay=overlay, overlay_format="qcow2",
+                          serial_log=None, backend="fake")
+
+    def deprovision(self, booted: BootedGuest, *, timeout: float) -> DeprovisionOutcome:
+        self.deprovisions += 1
+        user = deprovision_windows(booted.comm, booted.guest, timeout=timeout, shutdown_timeout=10)
+        return DeprovisionOutcome(user_script=user, script_seconds=0.0, poweroff_seconds=0.0)
+
+    def convert(self, src: Path, src_format: str, dst: Path, *, size_bytes: int | None) -> int:
+        dst.write_bytes(b"placeholder: the disk is not part of this test")
+        return 1024 * 1024
+
+    def inspect(self, vhd: Path, build_user: str) -> Inspection:
+        return Inspection(problems=(), report={"note": "offline inspection of Windows disks is not done"})
+
+
+def test_corpus_windows_template(corpus_dir: Path, tmp_path: Path, wsman) -> None:
+    srv, model = wsman(https=True, auth="ntlm")
+    script = tmp_path / "testPsScript.ps1"
+    script.write_text(TEST_PS_SCRIPT)
+    index = tmp_path / "index.html"
+    index.write_text("<html>Azure Image Builder</html>\n")
+    # The template's URIs point at GitHub; the test has no network, so they are redirected to local files
+    # the same way a user can (--set).
+    loaded = load_documents(
+        corpus_dir / TEMPLATE,
+        sets=[
+            f"properties.customize[0].scriptUri={script.as_uri()}",
+            f"properties.customize[2].sourceUri={index.as_uri()}",
+        ],
+    )
+    template, result = parse_template(loaded[0])
+    assert template is not None, [str(f) for f in result.findings]
+    assert str(template.os_type) == "windows"
+
+    platform = WindowsTestPlatform(srv, model, tmp_path)
+    options = BuildOptions(runs_root=tmp_path / "runs", output_dir=tmp_path / "out", interactive=False)
+    record = Build(template, corpus_dir / TEMPLATE, platform, options).execute()
+
+    assert record.run_state is RunState.Succeeded, record
+    # The guest went through exactly what AIB would do, in order:
+    assert [e for e in model.events if not e.startswith("upload c:\\windows\\temp")] == [
+        "mkdir c:\\buildartifacts",  # customize[0] PowerShell scriptUri
+        "restart", "boot 2",  # customize[1] WindowsRestart
+        "write c:\\buildartifacts\\azureimagebuilderrestart.txt",  # its restartCheckCommand
+        "upload c:\\buildartifacts\\index.html",  # customize[2] File
+        "mkdir c:\\buildactions", "write c:\\buildactions\\buildactionsoutput.txt",  # customize[3]
+        "task SYSTEM", "update 101", "restart", "boot 3",  # customize[4] WindowsUpdate …
+        "task SYSTEM", "update 101", "restart", "boot 4",
+        "task SYSTEM", "update 0",
+        "upload c:\\deprovisioningscript.ps1", "sysprep", "power off",  # the hidden deprovision step
+    ]
+    assert model.read("c:\\buildArtifacts\\index.html") == index.read_bytes()
+    assert model.update_calls[0]["SearchCriteria"] == "IsInstalled=0"
+    assert model.update_calls[0]["Filters"] == ["exclude:$_.Title -like '*Preview*'", "include:$true"]
+    assert model.update_calls[0]["UpdateLimit"] == "20"
+    assert model.image_state == SEALED and model.powered_off
+    assert srv.resets == 3
+    assert model.unmodelled == []
+    # runElevated=false PowerShell steps ran over WinRM directly, not through a task
+    scripts = [decode_powershell(c) or c for c in srv.commands]
+    assert sum("$taskName" in s for s in scripts) == 0  # launchers run with -File, not encoded
+    state = json.loads((record_dir(tmp_path) / "state.json").read_text())
+    assert state["runState"] if "runState" in state else True
+
+
+def record_dir(tmp_path: Path) -> Path:
+    runs = sorted((tmp_path / "runs").rglob("state.json"))
+    assert runs, "no run directory"
+    return runs[-1].parent
+
+
+@pytest.fixture
+def corpus_template(corpus_dir: Path) -> Path:
+    return corpus_dir / TEMPLATE
