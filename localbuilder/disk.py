@@ -290,8 +290,7 @@ def to_fixed_vhd(
             if _is_enospc(exc.stderr_tail):
                 raise ConversionError(
                     f"disk full while writing {partial}: {exc.stderr_tail.strip()}",
-                    hint=_space_hint(dst)
-                    + f" The VHD needs about {_size(info.actual_size or target)} of real space.",
+                    hint=_space_hint(dst) + " The VHD is sparse: it needs as much space as the disk's data.",
                 ) from exc
             raise ConversionError(
                 f"qemu-img could not convert {src} to a fixed VHD: {exc.stderr_tail.strip()}",

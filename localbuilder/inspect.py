@@ -653,8 +653,15 @@ def check_history(fs: Ext4Reader) -> list[CheckResult]:
     return [CheckResult("shell-history", Status.passed, "no .bash_history under /root or /home/*")]
 
 
+# systemd-tmpfiles creates these on every boot (tmpfiles.d/x11.conf): not anybody's leftovers.
+TMP_SYSTEM_DIRS = frozenset({".X11-unix", ".ICE-unix", ".XIM-unix", ".font-unix", ".Test-unix"})
+
+
 def list_tmp(fs: Ext4Reader) -> list[str]:
-    return sorted(f"/tmp/{n}" for n in (fs.listdir("/tmp") or {}))
+    entries = fs.listdir("/tmp") or {}
+    return sorted(
+        f"/tmp/{n}" for n, e in entries.items() if not (n in TMP_SYSTEM_DIRS and e.kind == "dir")
+    )
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -78,7 +78,8 @@ class LinuxGuest:
 
 def _progress_bar(enabled: bool | None, desc: str) -> tqdm[Any]:
     if enabled is None:
-        enabled = sys.stderr.isatty() and logging.getLogger("localbuilder").getEffectiveLevel() <= logging.INFO
+        level = logging.getLogger("localbuilder").getEffectiveLevel()
+        enabled = sys.stderr.isatty() and level <= logging.INFO
     return tqdm(desc=desc, total=None, bar_format="{desc}: {elapsed} {postfix}", file=sys.stderr,
                 disable=not enabled, leave=False)
 
@@ -166,7 +167,8 @@ def linux_guest(
             )
 
         start = time.monotonic()
-        with complete_step(f"Booting {name} ({hypervisor.name}, {accel.value}, {cpus} vCPU, {memory_mib} MiB)"):
+        what = f"{hypervisor.name}, {accel.value}, {cpus} vCPU, {memory_mib} MiB"
+        with complete_step(f"Booting {name} ({what})"):
             guest, port = _start(hypervisor, make_spec)
             timings["start"] = time.monotonic() - start
             serial_log = guest.spec.serial_log
@@ -181,7 +183,7 @@ def linux_guest(
                 if not running_guest.is_running():
                     raise BackendError(
                         f"guest {name} stopped while booting (serial log: {serial_log})",
-                        hint=f"Read the end of {serial_log}: a kernel panic or a boot loader error shows there.",
+                        hint=f"Read the end of {serial_log}: kernel panics and boot errors show there.",
                     )
 
             try:

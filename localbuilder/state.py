@@ -132,8 +132,12 @@ class PhaseTiming:
     seconds: float
     ok: bool = True
 
+    def __post_init__(self) -> None:
+        # Centiseconds are plenty, and the in-memory record then equals what state.json holds.
+        object.__setattr__(self, "seconds", round(self.seconds, 2))
+
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "seconds": round(self.seconds, 2), "ok": self.ok}
+        return {"name": self.name, "seconds": self.seconds, "ok": self.ok}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PhaseTiming:

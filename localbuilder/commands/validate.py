@@ -32,7 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("templates", nargs="+", metavar="TEMPLATE", type=Path, help="template file(s)")
     parser.add_argument("--parameters", type=Path, metavar="FILE", help="ARM parameters file")
     parser.add_argument(
-        "--param", action="append", default=[], metavar="NAME=VALUE", help="an ARM parameter value (repeatable)"
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an ARM parameter value (repeatable)",
     )
     parser.add_argument(
         "--set",
@@ -57,13 +61,20 @@ def parse_params(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
-            raise UsageError(f"--param {item!r}: expected NAME=VALUE", hint="e.g. --param api-version=2022-02-14")
+            raise UsageError(
+                f"--param {item!r}: expected NAME=VALUE", hint="e.g. --param api-version=2022-02-14"
+            )
         params[name.strip()] = value
     return params
 
 
 def _entry(
-    file: Path, resource: str | None, shape: str | None, api_version: str | None, ok: bool, result: ValidationResult
+    file: Path,
+    resource: str | None,
+    shape: str | None,
+    api_version: str | None,
+    ok: bool,
+    result: ValidationResult,
 ) -> dict[str, Any]:
     return {
         "file": str(file),
@@ -118,7 +129,9 @@ def _print_text(entries: list[dict[str, Any]]) -> None:
             if finding["hint"]:
                 print(f"    hint: {finding['hint']}")
             counts[finding["severity"]] = counts.get(finding["severity"], 0) + 1
-        summary = ", ".join(f"{n} {sev}{'s' if n > 1 else ''}" for sev, n in sorted(counts.items())) or "clean"
+        summary = (
+            ", ".join(f"{n} {sev}{'s' if n > 1 else ''}" for sev, n in sorted(counts.items())) or "clean"
+        )
         if entry["ok"]:
             print(f"{label}: OK: can be built (API {entry['apiVersion']}, {entry.get('os', '?')}; {summary})")
         else:

@@ -153,6 +153,8 @@ class SSHCommunicator:
     def wait_ready(self, timeout: float, *, progress: WaitProgress | None = None) -> None:
         """Poll until the guest's sshd answers and accepts the key; raise CommunicatorTimeout otherwise.
 
+        Any existing connection is closed first: the result is always a fresh, verified connection.
+
         Refused connections, silent sockets (slirp before sshd listens) and handshakes cut short by a
         booting guest are retried every ``poll_interval`` seconds. A wrong host key is never retried.
         Refused authentication is retried for ``auth_grace`` seconds only (cloud-init may still be
@@ -182,7 +184,12 @@ class SSHCommunicator:
                     self._transport = self._handshake(sock, deadline)
                     self._authenticate(self._transport)
                     self._transport.set_keepalive(self.keepalive_interval)
-                    log.debug("SSH %s ready after %.1f s (%d attempts)", self.target, now - start, attempt)
+                    log.debug(
+                        "SSH %s ready after %.1f s (%d attempts)",
+                        self.target,
+                        time.monotonic() - start,
+                        attempt,
+                    )
                     return
                 except _NotYet as exc:
                     self.close()
@@ -204,7 +211,7 @@ class SSHCommunicator:
                     raise
             time.sleep(max(0.0, min(self.poll_interval, deadline - time.monotonic())))
         raise CommunicatorTimeout(
-            f"SSH on {self.host}:{self.port} did not become ready within {timeout:.0f} s "
+            f"SSH on {self.host}:{self.port} did not become ready within {timeout:g} s "
             f"({attempt} attempts; last: {last_error})" + self._console_tail(),
             hint="the guest may still be booting (under TCG the first SSH login took ~65 s here) — raise the "
             "timeout; otherwise the console output above or the serial log tells why it is stuck",
@@ -397,6 +404,13 @@ class SSHCommunicator:
             chan.close()
         status = chan.recv_exit_status() if chan.exit_status_ready() else -1
         if status < 0:
+            # paramiko closes the channels of a dying transport before it marks the transport inactive:
+            # give it a moment, so that a dropped connection is reported as such.
+            settle = time.monotonic() + 1.0
+            while transport.is_active() and time.monotonic() < settle:
+                time.sleep(0.02)
+            if not transport.is_active():
+                raise self._lost(f"running {_short(command)!r}", transport.get_exception())
             raise Disconnected(
                 f"{_short(command)!r} ended without an exit status: it was killed by a signal or the guest "
                 "went down" + tails(out, err),

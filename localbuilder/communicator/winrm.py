@@ -25,8 +25,11 @@ import codecs
 import collections
 import hashlib
 import logging
+import re
 import time
 import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -189,7 +192,8 @@ class WinRMCommunicator:
             username=self.username,
             password=self._password,
             service="HTTP",
-            ca_trust_path="legacy_requests" if validation == "validate" else None,  # type: ignore[arg-type]
+            # None: the CA bundle of requests/certifi, not one named by environment variables.
+            ca_trust_path=None,  # type: ignore[arg-type]
             read_timeout_sec=self.operation_timeout + 10,
             server_cert_validation=validation,
             auth_method=self.transport,
@@ -237,11 +241,15 @@ class WinRMCommunicator:
                     hint="The guest is not the one that was set up (or was reinstalled). Check the "
                     "fingerprint; never turn pinning off to make this go away.",
                 )
-            return CommunicatorError(
-                f"{where}: TLS failed while trying to {what}: {text}",
-                hint="Pin the guest's certificate with its SHA-256 fingerprint, or accept a "
-                "self-signed certificate explicitly (insecure_self_signed / --winrm-insecure).",
-            )
+            if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+                return CommunicatorError(
+                    f"{where}: the guest's certificate is not trusted ({what})",
+                    hint="Pin the guest's certificate with its SHA-256 fingerprint, or accept a "
+                    "self-signed certificate explicitly (insecure_self_signed / --winrm-insecure).",
+                )
+            # A handshake cut short (EOF, reset): QEMU's slirp accepts connections on the forwarded
+            # port before anything listens in the guest (FACTS §3), so this means "not up yet".
+            return Disconnected(f"{where}: TLS handshake interrupted while trying to {what}: {text}")
         if isinstance(exc, requests.exceptions.Timeout):
             return Disconnected(f"{where}: no answer while trying to {what} ({exc.__class__.__name__})")
         if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError):
@@ -266,6 +274,10 @@ class WinRMCommunicator:
                 f"(code {exc.wsman_fault_code})",
             )
         if isinstance(exc, winrm.exceptions.WinRMTransportError):
+            if exc.code >= 500:
+                # No SOAP fault, just "unavailable": the WinRM service is starting or stopping (boot,
+                # restart). Retried like a dropped connection.
+                return Disconnected(f"{where}: HTTP {exc.code} while trying to {what} (service not ready)")
             return CommunicatorError(f"{where}: HTTP {exc.code} while trying to {what}")
         if isinstance(exc, winrm.exceptions.WinRMError):
             return CommunicatorError(f"{where}: {exc} (while trying to {what})")
@@ -274,15 +286,22 @@ class WinRMCommunicator:
             return CommunicatorError(f"{where}: malformed WS-Management response while trying to {what}")
         return None
 
-    def wait_ready(self, timeout: float = 600.0) -> None:
+    def wait_ready(
+        self, timeout: float = 600.0, *, on_wait: Callable[[float, str], None] | None = None
+    ) -> None:
         """Poll until WinRM accepts a command (AIB waits 10 minutes for WinRM, FACTS §6).
 
         Connection errors are retried; a rejected credential or a certificate mismatch is final.
+        ``on_wait(elapsed, last_status)`` runs before every retry and may raise to give up early (the
+        session does when the guest has stopped).
         """
-        end = time.monotonic() + timeout
+        start = time.monotonic()
+        end = start + timeout
         attempts = 0
         last: Exception | None = None
         while True:
+            if on_wait is not None and attempts:
+                on_wait(time.monotonic() - start, str(last or ""))
             attempts += 1
             try:
                 result = self.run("echo localbuilder-ready", timeout=max(1.0, end - time.monotonic()))
@@ -332,8 +351,14 @@ class WinRMCommunicator:
     ) -> CommandResult:
         """Run a cmd.exe command line; stream output line by line; return the exit code and tails."""
         start = time.monotonic()
+        log.debug("winrm: %s", _shorten(command))
         proto, shell = self._shell()
-        command_id: str = self._call("start a command", lambda: proto.run_command(shell, command))
+        # With input to send, stdin must be a pipe, not a console (WINRS_CONSOLEMODE_STDIN=FALSE): a
+        # console would echo and line-edit it. Ansible's WinRM plugin does the same.
+        console = stdin is None
+        command_id: str = self._call(
+            "start a command", lambda: proto.run_command(shell, command, console_mode_stdin=console)
+        )
         if stdin is not None:
             data = stdin
             self._call("send input", lambda: proto.send_command_input(shell, command_id, data, end=True))
@@ -405,7 +430,10 @@ class WinRMCommunicator:
         start = time.monotonic()
         proto, shell = self._shell()
         command_id: str = self._call(
-            "start the upload", lambda: proto.run_command(shell, powershell_command(upload_script(dst)))
+            "start the upload",
+            lambda: proto.run_command(
+                shell, powershell_command(upload_script(dst), progress=False), console_mode_stdin=False
+            ),
         )
         with src.open("rb") as fh:
             while True:
@@ -496,26 +524,57 @@ class _LineSplitter:
             self._emit(text.rstrip("\r"))
 
     def _emit(self, line: str) -> None:
-        self.lines.append(line)
-        if self.on_output is not None:
-            self.on_output(self.stream, line)
+        decoded = decode_clixml(line) if self.stream == "stderr" else None
+        for text in decoded if decoded is not None else [line]:
+            self.lines.append(text)
+            if self.on_output is not None:
+                self.on_output(self.stream, text)
 
     def tail(self) -> str:
         return "\n".join(self.lines)
+
+
+CLIXML_HEADER = "#< CLIXML"
+_CLIXML_NS = "{http://schemas.microsoft.com/powershell/2004/04}"
+_CLIXML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
+
+
+def decode_clixml(line: str) -> list[str] | None:
+    """PowerShell's serialized stderr → the error text lines; None when ``line`` is not CLIXML.
+
+    powershell.exe run through WinRS writes its error stream as CLIXML (``#< CLIXML`` and then one
+    ``<Objs>`` document per line), progress records included; pywinrm's ``run_ps`` and Ansible decode
+    it too. Error strings keep their text (``_x000D__x000A_`` escapes decoded); progress is dropped.
+    """
+    if line.strip() == CLIXML_HEADER:
+        return []
+    if not line.startswith("<Objs "):
+        return None
+    try:
+        root = ET.fromstring(line)
+    except ET.ParseError:
+        return None
+    text = "".join(
+        _CLIXML_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), node.text or "")
+        for node in root.iter(f"{_CLIXML_NS}S")
+        if node.get("S") == "Error"
+    )
+    return text.replace("\r\n", "\n").rstrip("\n").split("\n") if text else []
 
 
 def _shorten(command: str, limit: int = 120) -> str:
     return command if len(command) <= limit else command[:limit] + " …"
 
 
-def powershell_command(script: str) -> str:
+def powershell_command(script: str, *, progress: bool = True) -> str:
     """The cmd.exe line that runs ``script``: ``powershell … -EncodedCommand <UTF-16LE base64>``.
 
     ``-EncodedCommand`` avoids every cmd.exe/PowerShell quoting rule. The script is prefixed with
     ``$ProgressPreference = 'SilentlyContinue'`` as Packer does: progress records are serialized to
     stderr as CLIXML over WinRM and drown real errors.
     """
-    full = "$ProgressPreference = 'SilentlyContinue'\n" + script
+    # A begin/process/end script must not have statements before its blocks: it sets the preference itself.
+    full = ("$ProgressPreference = 'SilentlyContinue'\n" if progress else "") + script
     encoded = base64.b64encode(full.encode("utf-16-le")).decode("ascii")
     line = f"{POWERSHELL} -EncodedCommand {encoded}"
     if len(line) > CMD_LINE_LIMIT:
@@ -532,29 +591,39 @@ def ps_quote(text: str) -> str:
 
 
 def upload_script(dst: str) -> str:
-    """PowerShell that writes base64 lines from stdin to ``dst`` (via a temp file) and prints its SHA-256."""
+    """PowerShell that writes base64 lines arriving on stdin to ``dst`` and prints its SHA-256.
+
+    The shape (begin/process/end, lines through ``$input``) is how stdin reaches a PowerShell run with
+    ``-EncodedCommand``: each stdin line is one pipeline item. The data lands in a temp file next to
+    ``dst`` that is moved into place only when complete.
+    """
     tmp = f"{dst}.lbupload-{uuid.uuid4().hex[:8]}"
-    return f"""$ErrorActionPreference = 'Stop'
-$dst = {ps_quote(dst)}
-$tmp = {ps_quote(tmp)}
-$parent = Split-Path -Parent $dst
-if ($parent -and -not (Test-Path -LiteralPath $parent -PathType Container)) {{
-    [Console]::Error.WriteLine("parent directory does not exist: $parent")
-    exit 2
-}}
-$out = [System.IO.File]::Create($tmp)
-try {{
-    while ($null -ne ($line = [Console]::In.ReadLine())) {{
-        if ($line.Length -eq 0) {{ continue }}
-        $bytes = [Convert]::FromBase64String($line)
-        $out.Write($bytes, 0, $bytes.Length)
+    return f"""begin {{
+    $ProgressPreference = 'SilentlyContinue'
+    $ErrorActionPreference = 'Stop'
+    $dst = {ps_quote(dst)}
+    $tmp = {ps_quote(tmp)}
+    $parent = Split-Path -Parent $dst
+    if ($parent -and -not (Test-Path -LiteralPath $parent -PathType Container)) {{
+        [Console]::Error.WriteLine("parent directory does not exist: $parent")
+        exit 2
     }}
-}} finally {{
-    $out.Close()
+    $out = [System.IO.File]::Create($tmp)
 }}
-Move-Item -LiteralPath $tmp -Destination $dst -Force
-$hash = (Get-FileHash -LiteralPath $dst -Algorithm SHA256).Hash.ToLowerInvariant()
-Write-Output "sha256=$hash"
+process {{
+    foreach ($line in $input) {{
+        if ($line) {{
+            $bytes = [Convert]::FromBase64String($line)
+            $out.Write($bytes, 0, $bytes.Length)
+        }}
+    }}
+}}
+end {{
+    $out.Close()
+    Move-Item -LiteralPath $tmp -Destination $dst -Force
+    $hash = (Get-FileHash -LiteralPath $dst -Algorithm SHA256).Hash.ToLowerInvariant()
+    Write-Output "sha256=$hash"
+}}
 """
 
 

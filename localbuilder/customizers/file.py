@@ -46,7 +46,8 @@ class File(Customizer, type_name="File"):
                 )
 
     def apply(self, ctx: StepContext) -> None:
-        local = ctx.local_file(self.step.source_uri)
+        uri: str = self.step.source_uri
+        local = ctx.local_file(uri)
         dst: str = self.step.destination
         where = self.describe(ctx.index, ctx.section)
         if ctx.os is GuestOS.windows:
@@ -54,15 +55,17 @@ class File(Customizer, type_name="File"):
 
             ctx.remaining()
             upload_file(ctx.comm, local, dst)
-            ctx.note(f"copied {local.name} ({local.stat().st_size} bytes) to {dst}")
+            ctx.note(f"copied {uri} ({local.stat().st_size} bytes) to {dst}")
             return
         normal = posixpath.normpath(dst)
         if destination_allowed(normal, allow_any=False):
             self._upload(ctx, local, normal, where)
+            ctx.note(f"copied {uri} ({local.stat().st_size} bytes) to {normal}")
             return
         # --allow-any-destination: stage in /tmp as the build user, then install as root.
         staged = f"/tmp/localbuilder-file-{secrets.token_hex(4)}"
         self._upload(ctx, local, staged, where)
+        ctx.note(f"copied {uri} ({local.stat().st_size} bytes) to {staged}; installing it as {normal}")
         parent = posixpath.dirname(normal) or "/"
         q_staged, q_dst, q_parent = shlex.quote(staged), shlex.quote(normal), shlex.quote(parent)
         result = ctx.run(
@@ -91,4 +94,3 @@ class File(Customizer, type_name="File"):
                 hint="The parent directory must exist and be writable by the build user: create it "
                 "in an earlier Shell step.",
             ) from exc
-        ctx.note(f"copied {local.name} ({local.stat().st_size} bytes) to {dst}")

@@ -20,7 +20,11 @@ class WindowsRestart(Customizer, type_name="WindowsRestart"):
 
     def apply(self, ctx: StepContext) -> None:
         step = self.step
-        timeout = parse_restart_timeout(step.restart_timeout or "5m")
+        # The template validator has parsed restartTimeout already (Go duration syntax); a record built
+        # by hand without it falls back to our parser.
+        timeout = float(step.restart_timeout_seconds or 0) or parse_restart_timeout(
+            step.restart_timeout or "5m"
+        )
         options = RestartOptions(
             restart_command=step.restart_command or DEFAULT_RESTART_COMMAND,
             check_command=step.restart_check_command or "",

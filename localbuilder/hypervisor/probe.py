@@ -148,7 +148,8 @@ def cached_probe(*, qemu: str = QEMU, device: Path = KVM_DEVICE, deadline: float
         # The device may have vanished or lost its permissions since: re-check the cheap part.
         if isinstance(entry, dict) and device.exists() and os.access(device, os.R_OK | os.W_OK):
             log.debug("KVM verdict from cache %s: %s", cache, entry)
-            return ProbeResult(bool(entry["usable"]), entry.get("seconds"), str(entry["reason"]) + " (cached)")
+            reason = str(entry["reason"]) + " (cached)"
+            return ProbeResult(bool(entry["usable"]), entry.get("seconds"), reason)
     except (OSError, ValueError, KeyError):
         data = {}
     result = probe_kvm(qemu=qemu, device=device, deadline=deadline)

@@ -78,7 +78,9 @@ def netdev_arg(spec: GuestSpec, netdev_id: str = "n0") -> str:
     return ",".join(parts)
 
 
-def qemu_argv(spec: GuestSpec, files: GuestFiles, *, qemu: str = QEMU, ovmf_code: Path = OVMF_CODE) -> list[str]:
+def qemu_argv(
+    spec: GuestSpec, files: GuestFiles, *, qemu: str = QEMU, ovmf_code: Path = OVMF_CODE
+) -> list[str]:
     """The complete qemu command line for ``spec``. Pure: touches no file."""
     argv = [
         qemu,

@@ -143,6 +143,10 @@ class DebianRecipe:
             )
 
     @property
+    def all_packages(self) -> tuple[str, ...]:
+        return self.packages + (UEFI_PACKAGES if self.firmware is Firmware.uefi else ())
+
+    @property
     def sku(self) -> str:
         return "12" if self.firmware is Firmware.bios else "12-gen2"
 
@@ -154,7 +158,7 @@ class DebianRecipe:
             "mirror": self.mirror.rstrip("/"),
             "size_bytes": self.size_bytes,
             "firmware": str(self.firmware),
-            "packages": sorted(self.packages),
+            "packages": sorted(self.all_packages),
             "files": IMAGE_FILES,
             "units": ENABLED_UNITS,
         }
@@ -231,6 +235,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 def ensure_image(recipe: DebianRecipe, cache_dir: Path, *, scratch: Path | None = None) -> BuiltImage:
     """Return the cached image for ``recipe`` or build it; safe against parallel callers."""
+    cache_dir = cache_dir.absolute()  # the path ends up in the catalog
     cache_dir.mkdir(parents=True, exist_ok=True)
     dest = cache_dir / recipe.file_name()
     found = cached_image(recipe, cache_dir)
@@ -267,8 +272,8 @@ def _mounts_under(root: Path) -> list[Path]:
     prefix = str(root).rstrip("/")
     with open("/proc/self/mountinfo") as fh:
         for line in fh:
-            # Field 5 is the mount point, with spaces etc. octal-escaped (proc(5)).
-            point = line.split()[4].encode().decode("unicode_escape")
+            # Field 5 is the mount point, with space, tab, newline and backslash octal-escaped (proc(5)).
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
             if point == prefix or point.startswith(prefix + "/"):
                 found.append(Path(point))
     return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
@@ -334,10 +339,13 @@ def _scratch_area(parent: Path | None, size_bytes: int) -> Iterator[Path]:
     debootstrap on tmpfs took ~80 s here against several minutes on disk (dpkg fsyncs every file).
     The raw disk is sparse, so the tmpfs only has to hold what is written: rootfs + its copy (~1.2 GiB).
     """
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="lb-debian-", dir=parent))
     os.chmod(base, 0o755)
     try:
-        need = 3 * 1024**3
+        # rootfs with its .debs (~0.6 GiB) + its copy in the raw disk + ext4 metadata of a big disk.
+        need = 3 * 1024**3 + size_bytes // 32
         if parent is None and _mem_available() > need + 2 * 1024**3:
             runmod.run(["mount", "-t", "tmpfs", "-o", f"size={need},mode=0755", "lb-debian-scratch", base])
             log.debug("scratch tmpfs at %s", base)
@@ -393,7 +401,7 @@ def _debootstrap(recipe: DebianRecipe, root: Path) -> None:
     cmd: list[str | os.PathLike[str]] = [
         "debootstrap",
         "--variant=minbase",
-        "--include=" + ",".join(recipe.packages),
+        "--include=" + ",".join(recipe.all_packages),
         recipe.suite,
         root,
         recipe.mirror,
@@ -475,17 +483,38 @@ def _partition_node(loop: str, number: int) -> str:
     return node
 
 
-def _install_bootloader(mnt: Path, loop: str, part: str, root_uuid: str) -> None:
+# Partition layouts. BIOS (Gen1): MBR, one bootable Linux partition from sector 2048 (1 MiB alignment).
+# UEFI (Gen2): GPT bootable by both SeaBIOS and OVMF, as Azure's Gen2 images are: a BIOS boot partition
+# for GRUB's core.img, an EFI system partition, and the root file system last so that cloud-init's
+# growpart can grow it into a larger OS disk.
+_MBR_LAYOUT = "label: dos\nstart=2048, type=83, bootable\n"
+_GPT_LAYOUT = (
+    "label: gpt\n"
+    "start=2048, size=2048, type=21686148-6449-6E6F-744E-656564454649, name=bios\n"
+    "start=4096, size=262144, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=esp\n"
+    "start=266240, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=rootfs\n"
+)
+# The x86_64-efi modules for grub-mkstandalone; unlike grub-efi-amd64 it does not conflict with grub-pc.
+UEFI_PACKAGES = ("grub-efi-amd64-bin",)
+UEFI_TOOLS = ("mkfs.vfat", "mmd", "mcopy")
+
+
+def _mount_api_fs(mnt: Path) -> None:
     for sub, args in (("dev", ["--bind", "/dev"]), ("proc", ["-t", "proc", "proc"]),
                       ("sys", ["--bind", "/sys"])):
         runmod.run(["mount", *args, mnt / sub])
+
+
+def _install_bootloader(mnt: Path, loop: str, part: str, root_uuid: str) -> None:
+    """GRUB for BIOS into the disk's boot track, and a grub.cfg that finds the root by UUID."""
+    _mount_api_fs(mnt)
     _chroot(mnt, "grub-install", "--target=i386-pc", loop)
     _chroot(mnt, "update-grub")
     # Without udev there is no /dev/disk/by-uuid, so grub-mkconfig writes root=/dev/loopNp1: point it at
     # the file system UUID instead (FACTS §2).
     cfg = mnt / "boot/grub/grub.cfg"
     text = cfg.read_text()
-    fixed = text.replace(f"root={part}", f"root=UUID={root_uuid}")
+    fixed = text.replace(f"root={part} ", f"root=UUID={root_uuid} ")
     if "root=UUID=" not in fixed or re.search(r"root=/dev/loop", fixed):
         kernel_lines = re.findall(r"linux\s+\S+\s+\S+", text)[:2]
         raise SourceError(
@@ -497,22 +526,57 @@ def _install_bootloader(mnt: Path, loop: str, part: str, root_uuid: str) -> None
         runmod.run(["umount", mnt / sub])
 
 
+def _install_efi_loader(mnt: Path, esp: str, root_uuid: str) -> None:
+    """A standalone GRUB EFI binary on the ESP as the removable-media path ``\\EFI\\BOOT\\BOOTX64.EFI``.
+
+    This host's kernel cannot mount FAT and ``grub-install --target=x86_64-efi`` refuses a non-FAT
+    directory (FACTS §2), so the ESP is written with mtools and GRUB is built with grub-mkstandalone:
+    all modules in a memdisk, plus a small config that finds the root file system by UUID and reads the
+    same /boot/grub/grub.cfg that update-grub maintains for BIOS boots. The prefix stays in the memdisk
+    so that ``insmod`` finds the x86_64-efi modules there.
+    """
+    embedded = mnt / "tmp/lb-grub-embedded.cfg"
+    embedded.write_text(
+        f"search --no-floppy --fs-uuid --set=root {root_uuid}\n"
+        "configfile ($root)/boot/grub/grub.cfg\n"
+    )
+    _chroot(mnt, "grub-mkstandalone", "--format=x86_64-efi", "--output=/tmp/BOOTX64.EFI",
+            "--locales=", "--fonts=", "boot/grub/grub.cfg=/tmp/lb-grub-embedded.cfg")
+    runmod.run(["mmd", "-i", esp, "::/EFI", "::/EFI/BOOT"])
+    runmod.run(["mcopy", "-i", esp, mnt / "tmp/BOOTX64.EFI", "::/EFI/BOOT/BOOTX64.EFI"])
+    embedded.unlink()
+    (mnt / "tmp/BOOTX64.EFI").unlink()
+
+
 def _make_disk(recipe: DebianRecipe, tree: Path, raw: Path, mnt: Path) -> None:
+    uefi = recipe.firmware is Firmware.uefi
     with open(raw, "wb") as fh:
         fh.truncate(recipe.size_bytes)  # sparse
-    # One bootable Linux partition from sector 2048 (1 MiB alignment) to the end.
-    runmod.run(["sfdisk", "--quiet", raw], input="label: dos\nstart=2048, type=83, bootable\n")
+    runmod.run(["sfdisk", "--quiet", raw], input=_GPT_LAYOUT if uefi else _MBR_LAYOUT)
     loop = runmod.run(["losetup", "--find", "--show", raw]).stdout.strip()
     log.debug("attached %s to %s", raw, loop)
     runmod.run(["partx", "--add", loop])
-    part = _partition_node(loop, 1)
+    part = _partition_node(loop, 3 if uefi else 1)
     root_uuid = str(uuid.uuid4())
     runmod.run(["mkfs.ext4", "-q", "-U", root_uuid, "-L", "cloudimg-rootfs", part])
+    fstab = f"UUID={root_uuid}\t/\text4\terrors=remount-ro\t0\t1\n"
+    esp = ""
+    if uefi:
+        esp = _partition_node(loop, 2)
+        volume_id = uuid.uuid4().hex[:8].upper()
+        # FAT32 with 512-byte clusters: 128 MiB gives 262k clusters, above FAT32's 65,525 minimum.
+        runmod.run(["mkfs.vfat", "-F", "32", "-s", "1", "-S", "512", "-n", "ESP", "-i", volume_id, esp])
+        # nofail: a guest that never touches the ESP must still boot if it is damaged.
+        fstab += f"UUID={volume_id[:4]}-{volume_id[4:]}\t/boot/efi\tvfat\tumask=0077,nofail\t0\t1\n"
     mnt.mkdir()
     runmod.run(["mount", part, mnt])
     _copy_tree(tree, mnt)
-    (mnt / "etc/fstab").write_text(f"UUID={root_uuid}\t/\text4\terrors=remount-ro\t0\t1\n")
+    (mnt / "etc/fstab").write_text(fstab)
+    if uefi:
+        (mnt / "boot/efi").mkdir(exist_ok=True)
     _install_bootloader(mnt, loop, part, root_uuid)
+    if uefi:
+        _install_efi_loader(mnt, esp, root_uuid)
     # Give the unused blocks back to the sparse file so the qcow2 conversion skips them.
     runmod.run(["fstrim", mnt])
     runmod.run(["umount", mnt])
@@ -522,15 +586,11 @@ def _make_disk(recipe: DebianRecipe, tree: Path, raw: Path, mnt: Path) -> None:
 
 def build_image(recipe: DebianRecipe, dest: Path, *, scratch: Path | None = None) -> BuiltImage:
     """Build the image for ``recipe`` into ``dest`` (qcow2, zstd-compressed) plus a ``.json`` record."""
-    if recipe.firmware is not Firmware.bios:
-        raise SourceError(
-            "the UEFI (Gen2) variant of the Debian 12 recipe is not implemented yet",
-            hint="Build the BIOS (Gen1) image without --uefi; localbuilder boots it with SeaBIOS.",
-        )
     require_root("building the Debian 12 image")
-    for tool in REQUIRED_TOOLS:
+    for tool in REQUIRED_TOOLS + (UEFI_TOOLS if recipe.firmware is Firmware.uefi else ()):
         if runmod.which(tool) is None:
-            pkg = runmod.PACKAGE_OF.get(tool, "coreutils" if tool in ("cp", "chroot") else tool)
+            fallback = {"cp": "coreutils", "chroot": "coreutils", "mmd": "mtools"}.get(tool, tool)
+            pkg = runmod.PACKAGE_OF.get(tool, fallback)
             raise SourceError(f"{tool} not found", hint=f"Install it: apt-get install {pkg}")
     started = time.monotonic()
     built_at = datetime.datetime.now(datetime.UTC)

@@ -127,7 +127,9 @@ def _under(path: Path, flagged: frozenset[Path]) -> bool:
 class _Walker:
     """Pass 1: shape checks against the version's field table; returns normalised dicts."""
 
-    def __init__(self, version: str, result: ValidationResult, flagged: frozenset[Path] = frozenset()) -> None:
+    def __init__(
+        self, version: str, result: ValidationResult, flagged: frozenset[Path] = frozenset()
+    ) -> None:
         self.version = version
         self.strict = v.is_strict(version)
         self.result = result
@@ -280,8 +282,10 @@ class _Walker:
         disc = family.discriminator
         raw = None
         raw_key = disc
-        for key in value:
-            if key == disc or (not self.strict and str(key).lower() == disc):
+        # Found case-insensitively at every version: at strict versions obj() below reports the casing as a
+        # service finding, and localbuilder still knows what type the author meant.
+        for key in sorted(value, key=lambda k: k != disc):
+            if str(key).lower() == disc:
                 raw, raw_key = value[key], key
                 break
         if raw is None:
@@ -573,6 +577,16 @@ class _Builder:
                 pp + ("source",),
                 f"cannot tell the guest OS from this source; assuming {os_type}",
                 Severity.note,
+            )
+        kinds = {str(s.get("type")) for s in [*steps_raw, *validators_raw]}
+        if not decided and "Shell" in kinds and kinds & WINDOWS_ONLY:
+            # A managed/gallery image does not say its OS; the steps then decide, and must agree.
+            self.add(
+                pp + ("customize",),
+                "mixes Shell steps (Linux) with "
+                + ", ".join(sorted(kinds & WINDOWS_ONLY))
+                + " steps (Windows): one guest cannot run both",
+                hint="keep the steps of the source image's OS",
             )
 
         source = self.source(source_raw, pp + ("source",))
@@ -986,8 +1000,16 @@ def _opt_enum(cls: Any, value: object) -> Any:
 # Entry point
 
 
-def resolve_api_version(declared: object, result: ValidationResult) -> str:
+def resolve_api_version(declared: object, result: ValidationResult, *, unevaluated: bool = False) -> str:
     """The version to judge the body at, with a finding whenever it is not the one written."""
+    if unevaluated:
+        result.add(
+            ("apiVersion",),
+            f"apiVersion could not be evaluated (see above): judged at API {v.LATEST}, the newest",
+            Severity.note,
+            hint="give its value (--param NAME=VERSION) to judge the template at the version you deploy with",
+        )
+        return v.LATEST
     if declared is None or declared == "":
         result.add(
             ("apiVersion",),
@@ -1053,9 +1075,9 @@ def validate_body(
         return None, result
     flagged = frozenset(f.path for f in result.of(Severity.error))
     declared = api_version if api_version is not None else body.get("apiVersion")
-    if api_version is None and ("apiVersion",) in flagged:
-        declared = None  # the loader could not evaluate it and said so
-    version = resolve_api_version(declared, result)
+    # The loader could not evaluate it (an ARM parameter without a value) and has said so.
+    unevaluated = api_version is None and ("apiVersion",) in flagged
+    version = resolve_api_version(declared, result, unevaluated=unevaluated)
     walker = _Walker(version, result, flagged)
     normal = walker.obj(body, "resource", ())
     # The cross-field rules run even after shape errors (on what was valid), so that one run reports

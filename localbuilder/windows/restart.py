@@ -39,6 +39,9 @@ CHECK_SCRIPT = 'echo ("{0} restarted." -f [System.Net.Dns]::GetHostName())'
 BOOT_TIME_SCRIPT = (
     "(Get-CimInstance -ClassName Win32_OperatingSystem).LastBootUpTime.ToUniversalTime().ToString('o')"
 )
+# Packer's pauses: after 1115/1190/1717 ("still going down"), and between restart checks.
+PENDING_INTERVAL = 10.0
+CHECK_INTERVAL = 5.0
 RESTART_OK = (0, 1115, 1190)
 STILL_GOING_DOWN = (1115, 1190, 1717)
 
@@ -48,8 +51,8 @@ class RestartOptions:
     restart_command: str = DEFAULT_RESTART_COMMAND
     check_command: str = ""  # restartCheckCommand; "" = only Packer's built-in check
     timeout: float = 300.0  # restartTimeout in seconds
-    pending_interval: float = 10.0  # Packer: wait after 1115/1190/1717
-    check_interval: float = 5.0  # Packer: between restart checks
+    pending_interval: float | None = None  # None: PENDING_INTERVAL
+    check_interval: float | None = None  # None: CHECK_INTERVAL
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms)")
@@ -96,6 +99,8 @@ def restart_windows(
     """Restart the guest and return once it is back and answering; raise CustomizerError otherwise."""
     start = time.monotonic()
     deadline = start + options.timeout
+    pending_interval = PENDING_INTERVAL if options.pending_interval is None else options.pending_interval
+    check_interval = CHECK_INTERVAL if options.check_interval is None else options.check_interval
 
     def left() -> float:
         return deadline - time.monotonic()
@@ -145,7 +150,7 @@ def restart_windows(
             if test.exit_status == 1:
                 break
             if test.exit_status in STILL_GOING_DOWN:
-                sleep(options.pending_interval)
+                sleep(pending_interval)
                 continue
             if test.exit_status == 0:
                 # Our test scheduled a reboot: cancel it. Packer goes on here; the boot-time
@@ -155,14 +160,21 @@ def restart_windows(
                 except (Disconnected, CommunicatorError):
                     pass
                 break
-            sleep(options.pending_interval)
+            sleep(pending_interval)
 
     # 3. wait until the guest answers the checks
     note("waiting for the guest to come back")
     custom_done = not options.check_command
+    last_error = ""
     while True:
         if left() <= 0:
-            raise _timeout(options, "the guest did not come back")
+            detail = f" (last: {last_error})" if last_error else ""
+            raise _timeout(options, f"the guest did not come back{detail}")
+        if guest is not None and not guest.is_running():
+            raise CustomizerError(
+                "the guest powered off while restarting",
+                hint="Check the guest's console/serial log: Windows may have crashed during the boot.",
+            )
         try:
             if not custom_done:
                 _run(comm, options.check_command, on_output, left())
@@ -173,11 +185,13 @@ def restart_windows(
                     # Packer would stop here; the guest never rebooted. Keep waiting: a slow
                     # shutdown may still be on its way until restartTimeout.
                     log.debug("boot time unchanged: the guest has not restarted yet")
+                    custom_done = not options.check_command  # the user's check must see the new boot
                 else:
                     break
         except (Disconnected, CommunicatorError) as exc:
             log.debug("restart check: %s", exc)
-        sleep(options.check_interval)
+            last_error = exc.message
+        sleep(check_interval)
     note(f"guest restarted ({time.monotonic() - start:.1f} s)")
 
 

@@ -91,6 +91,8 @@ def windows_update(
         codes.append(run.exit_status)
         if run.exit_status == 0:
             log.info("Windows Update: done after %d round(s)", round_no)
+            if on_output is not None:
+                on_output("localbuilder", f"Windows Update round {round_no}: exit 0, done")
             return codes
         if run.exit_status != EXIT_REBOOT:
             raise CustomizerError(
@@ -100,6 +102,8 @@ def windows_update(
                 "automatically), other HRESULTs are Windows Update Agent errors.",
             )
         log.info("Windows Update: round %d needs a restart", round_no)
+        if on_output is not None:
+            on_output("localbuilder", f"Windows Update round {round_no}: exit 101, restarting")
         restart_windows(comm, options.restart, guest=guest, on_output=on_output, sleep=sleep)
     raise CustomizerError(
         f"Windows Update still wanted a restart after {options.max_rounds} rounds ({codes})",

@@ -32,7 +32,10 @@ def no_leaks(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     yield
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        # tqdm's monitor thread (started by the session's progress bar) lives for the whole process.
+        extra = [
+            t for t in threading.enumerate() if t not in before and t.is_alive() and t.name != "tqdm_monitor"
+        ]
         if not extra:
             break
         time.sleep(0.05)

@@ -72,12 +72,8 @@ def test_garbage_host_key_line_names_the_problem(make_comm: MakeComm) -> None:
         make_comm(host_keys=["ssh-ed25519 !!!notbase64"])
 
 
-def test_refused_client_key_is_reported_after_the_grace(
-    make_comm: MakeComm, tmp_path: Path, server: SSHTestServer
-) -> None:
+def test_refused_client_key_is_reported_after_the_grace(tmp_path: Path, server: SSHTestServer) -> None:
     stranger = keys.write_private_key(tmp_path / "stranger", keys.generate_ed25519())
-    comm = make_comm(key_file=stranger) if False else None  # key_file is positional: build it directly
-    del comm
     comm = SSHCommunicator(
         "127.0.0.1",
         server.port,
@@ -260,6 +256,15 @@ def test_command_timeout_closes_the_channel(comm: SSHCommunicator, server: SSHTe
     assert "started" in str(info.value)  # the output so far is in the message
     # The connection is still usable for the next command.
     assert comm.run("echo after").stdout_tail == "after"
+
+
+def test_failing_output_callback_propagates_and_the_connection_survives(comm: SSHCommunicator) -> None:
+    def explode(stream: str, line: str) -> None:
+        raise ValueError(f"callback saw {line}")
+
+    with pytest.raises(ValueError, match="callback saw o0"):
+        comm.run("interleave 100", on_output=explode)
+    assert comm.run("echo fine").stdout_tail == "fine"
 
 
 def test_dropped_connection_is_disconnected(comm: SSHCommunicator) -> None:

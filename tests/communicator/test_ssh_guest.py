@@ -1,6 +1,7 @@
 """SSHCommunicator against a real Debian 12 guest (QEMU, TCG when KVM is not usable): the hostile-output
 cases and a reboot, which the in-process server can only imitate. Boots one guest (~1–2 min under TCG).
-Run it under the guest lock: ``flock /tmp/lb-guest.lock .venv/bin/pytest tests/communicator/test_ssh_guest.py``.
+Run it under the guest lock:
+``flock /tmp/lb-guest.lock .venv/bin/pytest tests/communicator/test_ssh_guest.py``.
 """
 
 from __future__ import annotations
@@ -87,4 +88,21 @@ def test_real_guest_output_files_timeout_and_reboot(debian_image: BuiltImage, tm
         start = time.monotonic()
         comm.reconnect(900)
         log.warning("reconnect after reboot: %.1f s", time.monotonic() - start)
-        assert comm.run("cat /proc/sys/kernel/random/boot_id").stdout_tail != boot_id
+        second_id = comm.run("cat /proc/sys/kernel/random/boot_id").stdout_tail
+        assert second_id != boot_id
+
+        # The usual reboot step: the command itself returns, the next one sees the connection go.
+        start = time.monotonic()
+        result = comm.run("sudo systemctl reboot", timeout=120)
+        log.warning(
+            "'sudo systemctl reboot' returned %s after %.1f s", result.exit_status, time.monotonic() - start
+        )
+        with pytest.raises(Disconnected) as info:
+            comm.run("sleep 600", timeout=900)
+        log.warning(
+            "then Disconnected after %.1f s: %s", time.monotonic() - start, info.value.message.splitlines()[0]
+        )
+        comm.reconnect(900)
+        log.warning("reconnected %.1f s after the reboot command", time.monotonic() - start)
+        assert comm.run("cat /proc/sys/kernel/random/boot_id").stdout_tail not in (boot_id, second_id)
+        Path("/tmp/h5-serial.log").write_bytes(lg.serial_log.read_bytes())

@@ -36,6 +36,8 @@ BASE = {
     "/home/": "",
     "/root/": "",
     "/tmp/": "",
+    "/tmp/.X11-unix/": "",  # made by systemd-tmpfiles at every boot: not a leftover
+    "/tmp/.ICE-unix/": "",
 }
 LINKS = {"/etc/os-release": "../usr/lib/os-release"}
 

@@ -16,8 +16,7 @@ from localbuilder.errors import BackendError
 from localbuilder.hypervisor import get_backend
 from localbuilder.hypervisor.qemu import GuestFiles, PortInUse, QemuHypervisor, free_port, qemu_argv
 from localbuilder.hypervisor.spec import Accel, Firmware, GuestSpec, NetworkMode, PortForward
-
-from ..fixtures.golden import Golden
+from tests.fixtures.golden import Golden
 
 WORK = Path("/var/lib/lb/guest")
 
@@ -133,7 +132,8 @@ def test_shutdown_falls_back_to_kill(tmp_path: Path, disk: Path, monkeypatch: py
 def test_early_exit_shows_stderr(tmp_path: Path, disk: Path) -> None:
     qemu = fake_qemu(tmp_path, """
         import sys
-        print("qemu-system-x86_64: -drive file=x: Could not open 'x': No such file or directory", file=sys.stderr)
+        print("qemu-system-x86_64: -drive file=x: Could not open 'x': No such file or directory",
+              file=sys.stderr)
         sys.exit(1)
     """)
     with pytest.raises(BackendError) as err:
@@ -145,7 +145,8 @@ def test_early_exit_shows_stderr(tmp_path: Path, disk: Path) -> None:
 def test_port_in_use_is_its_own_error(tmp_path: Path, disk: Path) -> None:
     qemu = fake_qemu(tmp_path, """
         import sys
-        print("qemu-system-x86_64: -netdev user,id=n0: Could not set up host forwarding rule 'tcp:127.0.0.1:1-:22'", file=sys.stderr)
+        print("qemu-system-x86_64: -netdev user,id=n0: "
+              "Could not set up host forwarding rule 'tcp:127.0.0.1:1-:22'", file=sys.stderr)
         sys.exit(1)
     """)
     with pytest.raises(PortInUse):

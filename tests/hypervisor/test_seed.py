@@ -13,15 +13,15 @@ import pytest
 from localbuilder import keys
 from localbuilder.errors import BackendError
 from localbuilder.hypervisor import seed
+from tests.fixtures.golden import Golden
 
-from ..fixtures.golden import Golden
-
+BUILD_PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBUILDBUILDBUILDBUILDBUILDBUILDBUILDBUILDBUI lb-build"
+HOST_PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHOSTHOSTHOSTHOSTHOSTHOSTHOSTHOSTHOSTHOSTHOS lb-host"
+HOST_PRIVATE = (b"-----BEGIN OPENSSH PRIVATE KEY-----\nHOSTKEYLINE1\nHOSTKEYLINE2\n"
+                b"-----END OPENSSH PRIVATE KEY-----\n")
 FIXED = seed.SeedKeys(
-    build=keys.KeyPair(b"(build private key not used here)",
-                       "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBUILDBUILDBUILDBUILDBUILDBUILDBUILDBUILDBUI localbuilder-build"),
-    host=keys.KeyPair(b"-----BEGIN OPENSSH PRIVATE KEY-----\nHOSTKEYLINE1\nHOSTKEYLINE2\n"
-                      b"-----END OPENSSH PRIVATE KEY-----\n",
-                      "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHOSTHOSTHOSTHOSTHOSTHOSTHOSTHOSTHOSTHOSTHOS localbuilder-host"),
+    build=keys.KeyPair(b"(build private key not used here)", BUILD_PUB),
+    host=keys.KeyPair(HOST_PRIVATE, HOST_PUB),
 )
 
 

@@ -56,7 +56,8 @@ def test_capped_to_host() -> None:
 def test_every_corpus_size_is_known(corpus_dir: Path) -> None:
     found: set[str] = set()
     for path in corpus_dir.rglob("*.json"):
-        found.update(re.findall(r"Standard_[A-Za-z0-9]+_v\d|Standard_[A-Z]+\d+[a-z]*\b", path.read_text(errors="replace")))
+        text = path.read_text(errors="replace")
+        found.update(re.findall(r"Standard_[A-Za-z0-9]+_v\d|Standard_[A-Z]+\d+[a-z]*\b", text))
     vm_sizes = {s for s in found if not s.endswith(("LRS", "ZRS"))}
     assert vm_sizes, "expected vmSize values in the corpus"
     missing = sorted(s for s in vm_sizes if sizes.lookup(s) is None)

@@ -25,7 +25,8 @@ def make_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
             # Distinct content → distinct sha256 (the identity).
             subprocess.run(
                 ["qemu-io", "-f", fmt, "-c", f"write -P {data[0]} 0 64k", str(path)],
-                check=True, capture_output=True,
+                check=True,
+                capture_output=True,
             )
         return path
 

@@ -36,8 +36,17 @@ def test_add_list_roundtrip(lb_home: Path, make_disk) -> None:  # type: ignore[n
     assert cat.file == lb_home / "images" / "catalog.json"
     [again] = Catalog().entries()
     assert again == entry
-    assert (again.kind, again.format, again.virtual_size) == (SourceType.PlatformImage, DiskFormat.qcow2, 16 * 1024**2)
-    assert (again.os, again.generation, again.stored, again.path) == (OsType.linux, Generation.V1, False, disk)
+    assert (again.kind, again.format, again.virtual_size) == (
+        SourceType.PlatformImage,
+        DiskFormat.qcow2,
+        16 * 1024**2,
+    )
+    assert (again.os, again.generation, again.stored, again.path) == (
+        OsType.linux,
+        Generation.V1,
+        False,
+        disk,
+    )
     import hashlib
 
     assert again.sha256 == hashlib.sha256(disk.read_bytes()).hexdigest() == again.identity
@@ -49,8 +58,9 @@ def test_os_and_generation_guessed_from_urn(lb_home: Path, make_disk) -> None:  
     disk = make_disk("w.qcow2")
     entry = Catalog().add(disk, urn="MicrosoftWindowsServer:WindowsServer:2022-datacenter-g2:20348.1.1")
     assert (entry.os, entry.generation) == (OsType.windows, Generation.V2)
-    other = Catalog().add(disk, urn="Debian:debian-12:12-gen2:1.0.0", os_type=OsType.linux,
-                          generation=Generation.V1)
+    other = Catalog().add(
+        disk, urn="Debian:debian-12:12-gen2:1.0.0", os_type=OsType.linux, generation=Generation.V1
+    )
     assert (other.os, other.generation) == (OsType.linux, Generation.V1)  # explicit wins
 
 
@@ -105,15 +115,23 @@ def test_managed_image_by_id_case_insensitive(lb_home: Path, make_disk) -> None:
     assert got == entry
     with pytest.raises(CatalogError) as err:
         Catalog().resolve(ManagedImageSource(image_id=f"{SUB}/images/other"))
-    assert err.value.hint == f"Register a local image file for it: localbuilder image add FILE --id {SUB}/images/other"
+    assert (
+        err.value.hint
+        == f"Register a local image file for it: localbuilder image add FILE --id {SUB}/images/other"
+    )
 
 
 def test_gallery_version_definition_and_latest(lb_home: Path, make_disk) -> None:  # type: ignore[no-untyped-def]
     cat = Catalog()
     for i, version in enumerate(["1.0.9", "1.0.10", "0.5.0"]):
-        cat.add(make_disk(f"g{i}.qcow2", data=bytes([i + 1])), resource_id=f"{GALLERY_DEF}/versions/{version}")
+        cat.add(
+            make_disk(f"g{i}.qcow2", data=bytes([i + 1])), resource_id=f"{GALLERY_DEF}/versions/{version}"
+        )
     # Another definition in the same gallery must not be picked.
-    cat.add(make_disk("other.qcow2", data=b"\x07"), resource_id=f"{SUB}/galleries/myGallery/images/win/versions/9.9.9")
+    cat.add(
+        make_disk("other.qcow2", data=b"\x07"),
+        resource_id=f"{SUB}/galleries/myGallery/images/win/versions/9.9.9",
+    )
     exact = cat.resolve(SharedImageVersionSource(image_version_id=f"{GALLERY_DEF.lower()}/versions/1.0.9"))
     assert exact.version == "1.0.9"
     by_definition = cat.resolve(SharedImageVersionSource(image_version_id=GALLERY_DEF.upper()))
@@ -131,7 +149,9 @@ def test_gallery_version_definition_and_latest(lb_home: Path, make_disk) -> None
 def test_community_gallery_id(lb_home: Path, make_disk) -> None:  # type: ignore[no-untyped-def]
     rid = "/CommunityGalleries/contoso-1234/Images/base/Versions/2.1.0"
     Catalog().add(make_disk("c.qcow2"), resource_id=rid)
-    got = Catalog().resolve(SharedImageVersionSource(image_version_id="/communitygalleries/contoso-1234/images/base"))
+    got = Catalog().resolve(
+        SharedImageVersionSource(image_version_id="/communitygalleries/contoso-1234/images/base")
+    )
     assert got.ref == rid
 
 
@@ -208,7 +228,9 @@ def test_corrupt_catalog_file(lb_home: Path) -> None:
     assert err.value.hint and str(cat.file) in err.value.hint
 
 
-def test_failed_write_keeps_the_old_catalog(lb_home: Path, make_disk, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_failed_write_keeps_the_old_catalog(
+    lb_home: Path, make_disk, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     cat = Catalog()
     cat.add(make_disk("1.qcow2", data=b"\x01"), urn="Debian:debian-12:12:1.0.0")
     before = cat.file.read_bytes()
@@ -245,7 +267,9 @@ def test_parallel_adds_all_land(lb_home: Path, make_disk) -> None:  # type: igno
 def test_as_dict_roundtrip(lb_home: Path, make_disk) -> None:  # type: ignore[no-untyped-def]
     from localbuilder.catalog import CatalogImage
 
-    entry = Catalog().add(make_disk("r.qcow2"), resource_id=f"{GALLERY_DEF}/versions/1.2.3", os_type=OsType.windows)
+    entry = Catalog().add(
+        make_disk("r.qcow2"), resource_id=f"{GALLERY_DEF}/versions/1.2.3", os_type=OsType.windows
+    )
     assert CatalogImage.from_dict(json.loads(json.dumps(entry.as_dict()))) == entry
     bad = entry.as_dict() | {"format": "floppy"}
     with pytest.raises(CatalogError, match="malformed"):

@@ -20,8 +20,23 @@ def test_add_list_rm(lb_home: Path, make_disk, capsys: pytest.CaptureFixture[str
     disk = make_disk("a.vhd", fmt="vpc", size_mib=32)
     assert main(["image", "add", str(disk), "--urn", "Debian:debian-12:12:1.0.0"]) == 0
     assert capsys.readouterr().out == "Debian:debian-12:12:1.0.0\n"
-    assert main(["image", "add", str(disk), "--id", f"{GALLERY}/versions/1.0.0", "--os", "windows",
-                 "--generation", "V2", "--copy"]) == 0
+    assert (
+        main(
+            [
+                "image",
+                "add",
+                str(disk),
+                "--id",
+                f"{GALLERY}/versions/1.0.0",
+                "--os",
+                "windows",
+                "--generation",
+                "V2",
+                "--copy",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["image", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
@@ -46,8 +61,9 @@ def test_rm_unknown_is_an_error_with_hint(lb_home: Path, capsys: pytest.CaptureF
     assert "Traceback" not in err
 
 
-def test_add_bad_file_is_an_error_not_a_traceback(lb_home: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_add_bad_file_is_an_error_not_a_traceback(
+    lb_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "notes.txt"
     bad.write_text("not a disk\n")
     assert main(["image", "add", str(bad), "--urn", "A:b:c:1.0.0"]) == 1
@@ -69,8 +85,9 @@ def test_empty_list(lb_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "catalog is empty" in capsys.readouterr().err
 
 
-def test_build_needs_root(lb_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_build_needs_root(
+    lb_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert main(["image", "build", "debian-12", "--cache-dir", str(tmp_path / "cache")]) == 1
     err = capsys.readouterr().err
@@ -79,17 +96,23 @@ def test_build_needs_root(lb_home: Path, tmp_path: Path, monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--size", "lots"], "is not a size"), (["--size", "512M"], "at least 1 GiB"),
-     (["--mirror", "ftp.example.org"], "not an http(s)://")],
+    [
+        (["--size", "lots"], "is not a size"),
+        (["--size", "512M"], "at least 1 GiB"),
+        (["--mirror", "ftp.example.org"], "not an http(s)://"),
+    ],
 )
-def test_build_bad_options(lb_home: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+def test_build_bad_options(
+    lb_home: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
     assert main(["image", "build", "debian-12", *args]) == 1
     err = capsys.readouterr().err
     assert message in err and "hint:" in err
 
 
-def test_build_reuses_cache_and_registers_once(lb_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_build_reuses_cache_and_registers_once(
+    lb_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     # A cached build (made here with qemu-img, not debootstrap) and a non-root user: reuse needs no root.
     cache = tmp_path / "cache"
     image = _fake_cached(DebianRecipe(size_bytes=3 * 1024**3), cache)
@@ -98,7 +121,12 @@ def test_build_reuses_cache_and_registers_once(lb_home: Path, tmp_path: Path, mo
     assert main(argv) == 0
     assert capsys.readouterr().out == "Debian:debian-12:12:0.20260101.1\n"
     [entry] = Catalog().entries()
-    assert (entry.path, entry.sha256, str(entry.os), str(entry.generation)) == (image, "ab" * 32, "linux", "V1")
+    assert (entry.path, entry.sha256, str(entry.os), str(entry.generation)) == (
+        image,
+        "ab" * 32,
+        "linux",
+        "V1",
+    )
     before = Catalog().file.read_bytes()
     assert main(argv) == 0
     assert "already in the catalog" in capsys.readouterr().err

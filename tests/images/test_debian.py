@@ -42,8 +42,16 @@ def test_recipe_key_covers_every_input(monkeypatch: pytest.MonkeyPatch) -> None:
     assert DebianRecipe().key != base_key
 
 
-@pytest.mark.parametrize(("text", "size"), [("2G", 2 * 1024**3), ("2048M", 2 * 1024**3), ("4GiB", 4 * 1024**3),
-                                             ("1073741824", 1024**3), (" 3g ", 3 * 1024**3)])
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("2G", 2 * 1024**3),
+        ("2048M", 2 * 1024**3),
+        ("4GiB", 4 * 1024**3),
+        ("1073741824", 1024**3),
+        (" 3g ", 3 * 1024**3),
+    ],
+)
 def test_parse_size(text: str, size: int) -> None:
     assert debian.parse_size(text) == size
 
@@ -90,8 +98,14 @@ def _fake_cached(recipe: DebianRecipe, cache: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     image = cache / recipe.file_name()
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "1G"], check=True)
-    meta = {"urn": "Debian:debian-12:12:0.20260101.1", "sha256": "ab" * 32, "recipe_key": recipe.key,
-            "size": image.stat().st_size, "built_at": "2026-01-01T00:00:01+00:00", "build_seconds": 95.0}
+    meta = {
+        "urn": "Debian:debian-12:12:0.20260101.1",
+        "sha256": "ab" * 32,
+        "recipe_key": recipe.key,
+        "size": image.stat().st_size,
+        "built_at": "2026-01-01T00:00:01+00:00",
+        "build_seconds": 95.0,
+    }
     image.with_suffix(".json").write_text(json.dumps(meta))
     return image
 
@@ -128,8 +142,10 @@ def test_ensure_image_builds_once_under_the_lock(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(debian, "build_image", slow_build)
     results: list[BuiltImage] = []
-    threads = [threading.Thread(target=lambda: results.append(debian.ensure_image(recipe, tmp_path)))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(debian.ensure_image(recipe, tmp_path)))
+        for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -168,7 +184,9 @@ root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loop devic
 
 @root_only
 @pytest.mark.parametrize("failure", ["command", "interrupt"])
-def test_teardown_leaves_no_mount_or_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
+def test_teardown_leaves_no_mount_or_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
     """Real loop device, partition, ext4 mount and /dev,/proc,/sys binds, then a failure inside the
     chroot step: everything must be gone afterwards, and host /dev untouched."""
     tree = tmp_path / "tree"
@@ -177,6 +195,7 @@ def test_teardown_leaves_no_mount_or_loop(tmp_path: Path, monkeypatch: pytest.Mo
     for sub in ("dev", "proc", "sys", "boot/grub"):
         (tree / sub).mkdir(parents=True)
     if failure == "interrupt":
+
         def interrupted(root: Path, *cmd: str) -> str:
             raise KeyboardInterrupt
 

@@ -86,7 +86,10 @@ def test_vdi_refused_with_convert_hint(tmp_path: Path) -> None:
     qemu_img("create", "-q", "-f", "vdi", path, str(4 * MIB))
     with pytest.raises(CatalogError, match="VirtualBox VDI") as err:
         inspect_disk(path)
-    assert err.value.hint == f"Convert it to qcow2 first: qemu-img convert -O qcow2 {path} {tmp_path / 'disk'}.qcow2"
+    assert (
+        err.value.hint
+        == f"Convert it to qcow2 first: qemu-img convert -O qcow2 {path} {tmp_path / 'disk'}.qcow2"
+    )
 
 
 def test_overlay_refused(tmp_path: Path) -> None:

@@ -335,6 +335,19 @@ def test_os_from_customizers_when_the_source_does_not_tell() -> None:
     assert template is not None and template.os_type is m.OsType.windows
 
 
+def test_mixed_os_steps_when_the_source_does_not_tell() -> None:
+    body = customize(linux(), {"type": "Shell", "inline": ["x"]}, {"type": "WindowsRestart"})
+    body["properties"]["source"] = {"type": "SharedImageVersion", "imageVersionId": "/galleries/g/versions/1"}
+    template, result = check(body)
+    assert template is None
+    assert_finding(
+        result,
+        ("properties", "customize"),
+        "mixes Shell steps (Linux) with WindowsRestart steps (Windows): one guest cannot run both",
+        hint="keep the steps of the source image's OS",
+    )
+
+
 def test_duplicate_customizer_names_warn() -> None:
     body = customize(
         linux(),
@@ -661,6 +674,19 @@ def test_strict_versions_enforce_case_and_unknown_fields() -> None:
     )
 
 
+def test_discriminator_in_the_wrong_case_at_a_strict_version() -> None:
+    body = customize(linux("2025-10-01"), {"Type": "Shell", "inline": ["ls"]})
+    template, result = check(body)
+    assert template is not None and template.customize[0] == m.ShellCustomizer(inline=("ls",))
+    assert_finding(
+        result,
+        ("properties", "customize", 0, "Type"),
+        "property names are case-sensitive from API 2024-02-01: 'Type' must be spelled 'type'",
+        Severity.service,
+        hint="rename 'Type' to 'type'",
+    )
+
+
 def test_field_from_a_later_version_is_ignored_like_the_service() -> None:
     body = customize(
         windows("2020-02-14"),
@@ -852,6 +878,19 @@ def test_api_version_resolution(declared: str | None, judged: str, severity: Sev
     template, result = check(body)
     assert template is not None and template.api_version == judged
     assert_finding(result, ("apiVersion",), message, severity)
+
+
+def test_api_version_the_loader_could_not_evaluate() -> None:
+    body = linux()
+    body["apiVersion"] = "[parameters('api-version')]"
+    loader = ValidationResult()
+    loader.add(("apiVersion",), "cannot evaluate [parameters('api-version')]")
+    template, result = check(body, result=loader)
+    assert template is None  # the loader's error stops it
+    assert [f.message for f in result if f.path == ("apiVersion",)] == [
+        "cannot evaluate [parameters('api-version')]",
+        "apiVersion could not be evaluated (see above): judged at API 2025-10-01, the newest",
+    ]
 
 
 def test_loader_errors_are_not_reported_twice() -> None:

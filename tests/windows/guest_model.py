@@ -24,13 +24,28 @@ SEALED = "IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE"
 QUOTED = r"'((?:[^']|'')*)'"
 
 
+def clixml_error(message: str) -> str:
+    """What powershell.exe writes to stderr under WinRS for an error (with a progress record first)."""
+    escaped = message.replace("\r\n", "_x000D__x000A_").replace("&", "&amp;").replace("<", "&lt;")
+    return (
+        "#< CLIXML\r\n"
+        '<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+        '<Obj S="progress" RefId="0"><TN RefId="0"><T>System.Management.Automation.PSCustomObject</T>'
+        "<T>System.Object</T></TN><MS><I64 N=\"SourceId\">1</I64><PR N=\"Record\"><AV>Preparing modules "
+        "for first use.</AV><AI>0</AI><Nil /><PI>-1</PI><PC>-1</PC><T>Completed</T><SR>-1</SR><SD> </SD>"
+        "</PR></MS></Obj>"
+        f'<S S="Error">{escaped}_x000D__x000A_</S>'
+        '<S S="Error">At line:1 char:1_x000D__x000A_</S></Objs>\r\n'
+    )
+
+
 def unquote(text: str) -> str:
     return text.replace("''", "'")
 
 
 def var(script: str, name: str) -> str | None:
     """The value of ``$name = '…'`` in one of our generated scripts."""
-    match = re.search(rf"^\${name} = {QUOTED}", script, re.MULTILINE)
+    match = re.search(rf"^\s*\${name} = {QUOTED}", script, re.MULTILINE)
     return unquote(match.group(1)) if match else None
 
 
@@ -145,7 +160,7 @@ class WindowsGuest(GuestModel):
     # -- PowerShell level -------------------------------------------------------------------------
     def powershell(self, io: ProcessIO, script: str) -> int:
         body = script.split("\n", 1)[1] if script.startswith("$ProgressPreference") else script
-        if "[Console]::In.ReadLine()" in body and var(body, "dst"):
+        if body.startswith("begin {") and "$dst = " in body:
             return self.upload(io, body)
         if "ReadAllBytes(" in body:
             path = re.search(rf"ReadAllBytes\({QUOTED}\)", body)
@@ -228,7 +243,10 @@ class WindowsGuest(GuestModel):
                 self.dirs.add(norm(m.group(1)))
                 self.events.append(f"mkdir {norm(m.group(1))}")
             elif m := re.fullmatch(rf"Write-Error {QUOTED}", line):
-                err(f"Write-Error: {unquote(m.group(1))}\n")
+                if merge_stderr:  # a task's output file: plain text
+                    err(f"Write-Error: {unquote(m.group(1))}\n")
+                else:  # over WinRS, powershell.exe serializes its error stream as CLIXML
+                    io.err(clixml_error(f"Write-Error: {unquote(m.group(1))}"))
             elif m := re.fullmatch(r"Start-Sleep(?: -Seconds)? ([\d.]+)", line):
                 io.sleep(float(m.group(1)))
             elif m := re.fullmatch(r"exit (\d+)", line):

@@ -150,6 +150,14 @@ def test_restart_that_never_happens_times_out(wsman, tmp_path: Path) -> None:
     assert "restartTimeout" in (info.value.hint or "")
 
 
+def test_restart_command_that_powers_off(wsman, tmp_path: Path) -> None:
+    srv, model = wsman()
+    options = RestartOptions(restart_command='shutdown /s /t 0 /f', timeout=10)
+    with pytest.raises(CustomizerError, match="powered off instead of restarting") as info:
+        restart_windows(connect(srv), options, guest=server_guest(srv, model, tmp_path))
+    assert "/r" in (info.value.hint or "")
+
+
 def test_failing_restart_command(wsman) -> None:
     srv, _ = wsman()
     with pytest.raises(CustomizerError, match="exit code 5"):

@@ -65,7 +65,8 @@ def test_https_self_signed_needs_explicit_flag(wsman) -> None:
     srv, _ = wsman(https=True, auth="basic")
     with pytest.raises(CommunicatorError) as info:
         connect(srv, cert_fingerprint=None, insecure_self_signed=False).run("echo x")
-    assert "TLS" in str(info.value) and "fingerprint" in (info.value.hint or "")
+    assert "not trusted" in str(info.value) and "fingerprint" in (info.value.hint or "")
+    assert not isinstance(info.value, Disconnected)  # final: retrying cannot help
     comm = connect(srv, insecure_self_signed=True)
     assert comm.run("echo ok").stdout_tail == "ok"
 
@@ -144,8 +145,9 @@ def test_upload_5mb_with_checksum(wsman, tmp_path: Path) -> None:
     comm.upload(src, "C:\\Windows\\Temp\\big.bin")
     elapsed = time.monotonic() - start
     assert model.read("C:\\Windows\\Temp\\big.bin") == data
-    # one Command for the whole file, not one per chunk
+    # one Command for the whole file, not one per chunk; its stdin a pipe, not a console
     assert len([c for c in srv.commands if "EncodedCommand" in c]) == 1
+    assert srv.console_stdin == ["FALSE"]
     print(f"upload 5 MiB over HTTPS+NTLM: {elapsed:.2f} s")
 
 
@@ -232,3 +234,55 @@ def test_wait_ready_waits_for_a_booting_guest(wsman) -> None:
     threading.Timer(0.5, srv.down.clear).start()
     comm.wait_ready(10)
     assert comm.run("echo up").ok
+
+
+def test_tls_handshake_cut_short_is_retried() -> None:
+    """slirp accepts on the forwarded port before the guest listens: TLS sees EOF, wait_ready retries."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+    accepted = []
+
+    def accept_and_close() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            accepted.append(1)
+            conn.close()
+
+    thread = threading.Thread(target=accept_and_close, daemon=True)
+    thread.start()
+    try:
+        comm = WinRMCommunicator("127.0.0.1", port, "u", "p", cert_fingerprint="AB" * 32, poll_interval=0.05)
+        with pytest.raises(CommunicatorTimeout):
+            comm.wait_ready(0.6)
+        assert len(accepted) >= 2  # it kept trying instead of failing on the first TLS error
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def test_wait_ready_retries_a_starting_service(wsman) -> None:
+    srv, _ = wsman()
+    srv.unavailable = 3  # HTTP 503 without a SOAP body, as while the WinRM service starts
+    comm = connect(srv)
+    comm.wait_ready(10)
+    assert srv.unavailable == 0
+
+
+def test_clixml_stderr_is_decoded(wsman) -> None:
+    srv, _ = wsman()
+    seen: list[tuple[str, str]] = []
+    result = connect(srv).run(powershell_command("Write-Error 'disk full'\nexit 1"),
+                              on_output=lambda s, line: seen.append((s, line)))
+    assert seen == [("stderr", "Write-Error: disk full"), ("stderr", "At line:1 char:1")]
+    assert result.stderr_tail == "Write-Error: disk full\nAt line:1 char:1"

@@ -212,6 +212,8 @@ class WSManServer:
         users: dict[str, str] | None = None,
         operation_timeout: float = 0.3,
         workdir: Path | None = None,
+        port: int = 0,
+        cert_files: tuple[Path, Path] | None = None,
     ) -> None:
         if auth not in ("basic", "ntlm"):
             raise ValueError(auth)
@@ -231,14 +233,18 @@ class WSManServer:
         self.resets = 0
         self.down = threading.Event()
         self.commands: list[str] = []  # every command line received, in order (across boots)
+        self.console_stdin: list[str] = []  # WINRS_CONSOLEMODE_STDIN of each command, same order
         self.actions: list[str] = []  # every WS-Man action received (short names)
         self.errors: list[str] = []  # exceptions raised by the model: a test should assert none
         self.requests = 0
+        self.unavailable = 0  # answer this many requests with a bare HTTP 503 (service starting)
         self._httpd: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.cert_pem: Path | None = None
         self.cert_der: bytes = b""
         self._old_user_file: str | None = None
+        self._port = port
+        self._cert_files = cert_files
 
     # lifecycle
     def __enter__(self) -> WSManServer:
@@ -261,9 +267,9 @@ class WSManServer:
 
     def start(self) -> None:
         handler = type("Handler", (_Handler,), {"wsman": self})
-        httpd = _HTTPServer(("127.0.0.1", 0), handler)
+        httpd = _HTTPServer(("127.0.0.1", self._port), handler)
         if self.https:
-            cert, key = make_self_signed(self.workdir, "localbuilder-test")
+            cert, key = self._cert_files or make_self_signed(self.workdir, "localbuilder-test")
             self.cert_pem = cert
             self.cert_der = ssl.PEM_cert_to_DER_cert(cert.read_text())
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -351,7 +357,7 @@ class WSManServer:
                 return 200, self._create(message_id)
             shell = self._shell(shell_id)
             if action == ACT_COMMAND:
-                return 200, self._command(message_id, shell, soap_body)
+                return 200, self._command(message_id, shell, header, soap_body)
             if action == ACT_SEND:
                 return 200, self._send(message_id, shell, soap_body)
             if action == ACT_RECEIVE:
@@ -392,7 +398,7 @@ class WSManServer:
         )
         return _envelope(ACT_CREATE + "Response", message_id, body)
 
-    def _command(self, message_id: str, shell: _Shell, body: ET.Element) -> bytes:
+    def _command(self, message_id: str, shell: _Shell, header: ET.Element, body: ET.Element) -> bytes:
         line = body.find("rsp:CommandLine", NS)
         if line is None:
             raise _Fault(2150858815, "w:InvalidParameter", "CommandLine missing")
@@ -401,6 +407,8 @@ class WSManServer:
         if args:
             command = " ".join([command, *args])
         command_id = str(uuid.uuid4()).upper()
+        option = header.find("w:OptionSet/w:Option[@Name='WINRS_CONSOLEMODE_STDIN']", NS)
+        self.console_stdin.append((option.text or "").strip() if option is not None else "")
         proc = ProcessIO(command)
         shell.processes[command_id] = proc
         self.commands.append(command)
@@ -538,7 +546,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 500: "Internal Server Error"}[status]
+        reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 500: "Internal Server Error",
+                  503: "Service Unavailable"}[status]
         lines = [
             f"HTTP/1.1 {status} {reason}",
             f"Content-Length: {len(body)}",
@@ -562,6 +571,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         if srv.down.is_set():
             self._drop()
+            return
+        if srv.unavailable > 0:
+            srv.unavailable -= 1
+            self._reply(503)
             return
         if not self._authenticate():
             return

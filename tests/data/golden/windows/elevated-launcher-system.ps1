@@ -31,7 +31,10 @@ if ($runAs -eq 'SYSTEM') {
         -RunLevel Highest
 } else {
     $task.User = $runAs
-    $task.Password = [Console]::In.ReadLine()
+    # The password arrives on stdin (never on disk or a command line): as pipeline input, or else
+    # readable from the console stream.
+    foreach ($line in $input) { if ($null -eq $task.Password) { $task.Password = [string]$line } }
+    if ($null -eq $task.Password) { $task.Password = [Console]::In.ReadLine() }
     $task.RunLevel = 'Highest'
 }
 Register-ScheduledTask @task | Out-Null

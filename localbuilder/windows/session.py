@@ -1,0 +1,180 @@
+"""Boot a Windows guest from a generalized image and hand over a connected WinRM communicator.
+
+The Windows counterpart of ``localbuilder.session.linux_guest``:
+
+1. a qcow2 overlay on the base image (the base is never written);
+2. first-boot media (``firstboot.make_first_boot_media``): answer file + ``windows-setup.ps1`` + a
+   listener certificate generated here, with a fresh build-account password;
+3. the backend with a free 127.0.0.1 port forwarded to the guest's 5986;
+4. wait for WinRM over HTTPS with the certificate **pinned** (AIB waits 10 minutes; under TCG the
+   wait is scaled) — giving up early if the guest stops;
+5. on exit: close, ACPI power-down with a deadline, kill, and remove the first-boot media (it holds the
+   password) and the overlay unless asked to keep it.
+
+Not verified against a real Windows guest (see docs/windows.md). Known gap: an Azure image carries
+Hyper-V drivers, not virtio; the QEMU/libvirt backends must present the disk on SATA/IDE and an
+e1000 NIC for such an image to boot, which ``GuestSpec`` cannot express yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from localbuilder import disk
+from localbuilder.communicator.winrm import Transport, WinRMCommunicator
+from localbuilder.errors import BackendError, ConversionError
+from localbuilder.hypervisor import Guest, Hypervisor
+from localbuilder.hypervisor.spec import Accel, Firmware, GuestSpec, NetworkMode, PortForward
+from localbuilder.log import complete_step
+from localbuilder.paths import ensure_private_dir
+from localbuilder.windows.firstboot import WINRM_HTTPS_PORT, make_first_boot_media
+
+log = logging.getLogger("localbuilder.windows.session")
+
+HOST = "127.0.0.1"
+WINRM_WAIT = 600.0  # AIB's WinRM timeout (FACTS §6)
+SHUTDOWN_TIMEOUT = 120.0  # Windows takes longer than Linux to power down
+PORT_ATTEMPTS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowsGuest:
+    guest: Guest
+    communicator: WinRMCommunicator
+    host: str
+    port: int
+    user: str
+    cert_fingerprint: str
+    overlay_path: Path
+    serial_log: Path
+    workdir: Path
+    timings: dict[str, float]
+
+
+def _free_port() -> int:
+    from localbuilder.hypervisor.qemu import free_port
+
+    return free_port(HOST)
+
+
+@contextlib.contextmanager
+def windows_guest(
+    base: Path,
+    base_format: str,
+    *,
+    workdir: Path,
+    hypervisor: Hypervisor,
+    accel: Accel,
+    cpus: int = 2,
+    memory_mib: int = 4096,
+    disk_size_bytes: int | None = None,
+    network: NetworkMode = NetworkMode.restricted,
+    firmware: Firmware = Firmware.uefi,
+    boot_timeout: float = WINRM_WAIT,
+    transport: Transport = "ntlm",
+    keep: bool = False,
+    keep_overlay: bool = False,
+    name: str | None = None,
+) -> Iterator[WindowsGuest]:
+    """Boot ``base`` and yield a ``WindowsGuest`` whose communicator is connected (module docstring)."""
+    from localbuilder.hypervisor.probe import timeout_scale
+    from localbuilder.hypervisor.qemu import PortInUse
+
+    name = name or f"lb-{uuid.uuid4().hex[:8]}"  # also the computer name: at most 15 characters
+    guest_dir = ensure_private_dir(workdir / name)
+    overlay = guest_dir / "disk.qcow2"
+    media_dir = ensure_private_dir(guest_dir / "firstboot")
+    scale = timeout_scale(accel)
+    timings: dict[str, float] = {}
+    guest: Guest | None = None
+    comm: WinRMCommunicator | None = None
+    kept = False
+    try:
+        try:
+            disk.create_overlay(base, base_format, overlay, disk_size_bytes)
+        except ConversionError as exc:
+            raise BackendError(exc.message, hint=exc.hint) from exc
+        media = make_first_boot_media(media_dir, computer_name=name)
+
+        def spec(port: int) -> GuestSpec:
+            return GuestSpec(
+                name=name, disk=overlay, workdir=guest_dir, cpus=cpus, memory_mib=memory_mib, accel=accel,
+                firmware=firmware, seed_iso=media.iso, network=network,
+                forwards=(PortForward(WINRM_HTTPS_PORT, port, HOST),),
+            )
+
+        start = time.monotonic()
+        with complete_step(f"Booting {name} ({hypervisor.name}, {accel.value}, {cpus} vCPU, Windows)"):
+            for attempt in range(1, PORT_ATTEMPTS + 1):
+                port = _free_port()
+                try:
+                    guest = hypervisor.start(spec(port))
+                    break
+                except PortInUse:
+                    if attempt == PORT_ATTEMPTS:
+                        raise
+            assert guest is not None
+            timings["start"] = time.monotonic() - start
+            comm = WinRMCommunicator(
+                HOST, port, media.username, media.password, transport=transport, https=True,
+                cert_fingerprint=media.cert_fingerprint,
+            )
+            running = guest
+
+            def on_wait(elapsed: float, status: str) -> None:
+                if not running.is_running():
+                    raise BackendError(
+                        f"guest {name} stopped while booting (serial log: {running.spec.serial_log})",
+                        hint="Windows needs SATA/IDE disk and e1000 NIC emulation unless the image has "
+                        "virtio drivers; see docs/windows.md.",
+                    )
+                log.debug("waiting for WinRM (%.0f s): %s", elapsed, status)
+
+            comm.wait_ready(boot_timeout * scale, on_wait=on_wait)
+            timings["winrm"] = time.monotonic() - start
+        wg = WindowsGuest(
+            guest=guest, communicator=comm, host=HOST, port=port, user=media.username,
+            cert_fingerprint=media.cert_fingerprint, overlay_path=overlay, serial_log=guest.spec.serial_log,
+            workdir=guest_dir, timings=timings,
+        )
+        try:
+            yield wg
+        except BaseException:
+            if keep and guest.is_running():
+                kept = True
+                creds = guest_dir / "winrm-credentials.json"
+                fd = os.open(creds, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as out:
+                    json.dump({"endpoint": f"https://{HOST}:{port}/wsman", "username": media.username,
+                               "password": media.password, "cert_sha256": media.cert_fingerprint}, out)
+                log.warning(
+                    "leaving Windows guest %s running for inspection: WinRM https://%s:%d/wsman, "
+                    "credentials in %s (0600); stop it and remove %s afterwards",
+                    name, HOST, port, creds, guest_dir,
+                )
+            raise
+    finally:
+        if not kept:
+            if comm is not None:
+                comm.close()
+            if guest is not None:
+                try:
+                    if guest.is_running():
+                        with complete_step("Powering off the guest"):
+                            guest.shutdown(SHUTDOWN_TIMEOUT * scale)
+                finally:
+                    guest.destroy()
+            if not keep_overlay:
+                overlay.unlink(missing_ok=True)
+        # The media holds the build password: never leave it behind, not even for a kept guest
+        # (Windows has read it at first boot).
+        shutil.rmtree(media_dir, ignore_errors=True)
