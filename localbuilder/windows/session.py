@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from localbuilder import disk
 from localbuilder.communicator.winrm import Transport, WinRMCommunicator
@@ -37,6 +38,9 @@ from localbuilder.hypervisor.spec import Accel, Firmware, GuestSpec, NetworkMode
 from localbuilder.log import complete_step
 from localbuilder.paths import ensure_private_dir
 from localbuilder.windows.firstboot import WINRM_HTTPS_PORT, make_first_boot_media
+
+if TYPE_CHECKING:  # build imports the customizers, which import this package: no runtime import
+    from localbuilder.build import BootedGuest, DeprovisionOutcome, GuestRequest
 
 log = logging.getLogger("localbuilder.windows.session")
 
@@ -178,3 +182,91 @@ def windows_guest(
         # The media holds the build password: never leave it behind, not even for a kept guest
         # (Windows has read it at first boot).
         shutil.rmtree(media_dir, ignore_errors=True)
+
+
+# -- what the build orchestrator's Platform needs (localbuilder.build.Platform.boot / .deprovision) -----
+
+
+@contextlib.contextmanager
+def boot_for_build(
+    request: GuestRequest,
+    *,
+    hypervisor: Hypervisor,
+    accel: Accel,
+    cpus: int = 2,
+    memory_mib: int = 4096,
+    network: NetworkMode = NetworkMode.restricted,
+) -> Iterator[BootedGuest]:
+    """``Platform.boot`` for a Windows source: ``windows_guest`` as a ``build.BootedGuest``."""
+    from localbuilder.build import BootedGuest
+
+    request.workdir.mkdir(parents=True, exist_ok=True)
+    with windows_guest(
+        request.image.path,
+        request.image.format,
+        workdir=request.workdir,
+        hypervisor=hypervisor,
+        accel=accel,
+        cpus=cpus,
+        memory_mib=memory_mib,
+        disk_size_bytes=request.disk_size_bytes,
+        network=network,
+        firmware=Firmware.uefi if request.image.uefi else Firmware.bios,
+        boot_timeout=min(WINRM_WAIT, request.timeout),
+    ) as wg:
+        yield BootedGuest(
+            guest=wg.guest,
+            comm=wg.communicator,
+            host=wg.host,
+            port=wg.port,
+            user=wg.user,
+            key_file=Path(),  # WinRM: password authentication, no key file
+            overlay=wg.overlay_path,
+            overlay_format="qcow2",
+            serial_log=wg.serial_log,
+            backend=hypervisor.name,
+        )
+
+
+def deprovision_for_build(booted: BootedGuest, *, timeout: float) -> DeprovisionOutcome:
+    """``Platform.deprovision`` for a Windows guest: Sysprep (or the user's script), then power-off."""
+    from localbuilder.build import DeprovisionOutcome
+    from localbuilder.windows.sysprep import deprovision_windows
+
+    timed = _TimedGuest(booted.guest)
+    start = time.monotonic()
+    user_script = deprovision_windows(booted.comm, timed, timeout=timeout)
+    total = time.monotonic() - start
+    return DeprovisionOutcome(
+        user_script=user_script,
+        script_seconds=max(0.0, total - timed.wait_seconds),
+        poweroff_seconds=timed.wait_seconds,
+    )
+
+
+class _TimedGuest:
+    """Times ``wait_shutdown`` (the power-off part of deprovision) for the build's phase table."""
+
+    def __init__(self, guest: Guest) -> None:
+        self._guest = guest
+        self.spec = guest.spec
+        self.wait_seconds = 0.0
+
+    def is_running(self) -> bool:
+        return self._guest.is_running()
+
+    def reset_count(self) -> int:
+        return self._guest.reset_count()
+
+    def wait_shutdown(self, timeout: float) -> bool:
+        start = time.monotonic()
+        try:
+            return self._guest.wait_shutdown(timeout)
+        finally:
+            self.wait_seconds += time.monotonic() - start
+
+    def shutdown(self, timeout: float) -> bool:
+        return self._guest.shutdown(timeout)
+
+    def destroy(self) -> None:
+        self._guest.destroy()

@@ -48,7 +48,8 @@ def boot_image(request: pytest.FixtureRequest) -> Path:
     """The Debian 12 test image: the shared ``debian_image`` fixture when it exists, else the cached
     image named in .cache/test-images/READY (written by the image recipe)."""
     try:
-        return Path(request.getfixturevalue("debian_image"))
+        image = request.getfixturevalue("debian_image")
+        return Path(getattr(image, "path", image))  # a BuiltImage record, or a plain path
     except pytest.FixtureLookupError:
         pass
     ready = REPO / ".cache" / "test-images" / "READY"

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import json
 import time
+from pathlib import Path
 from typing import Any
+
+import pycdlib
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from localbuilder.communicator.winrm import WinRMCommunicator
 from localbuilder.hypervisor import GuestSpec
@@ -56,3 +63,34 @@ def connect(srv: WSManServer, **kwargs: Any) -> WinRMCommunicator:
 
 def server_guest(srv: WSManServer, model: WindowsGuest, tmp_path: Any) -> ServerGuest:
     return ServerGuest(srv, model, GuestSpec(name="win", disk=tmp_path / "d.qcow2", workdir=tmp_path))
+
+
+def read_iso(path: Path, name: str) -> bytes:
+    iso = pycdlib.PyCdlib()
+    iso.open(str(path))
+    try:
+        out = io.BytesIO()
+        iso.get_file_from_iso_fp(out, joliet_path=f"/{name}")
+        return out.getvalue()
+    finally:
+        iso.close()
+
+
+def server_from_media(spec: GuestSpec, model: WindowsGuest, scratch: Path) -> WSManServer:
+    """The "booted guest" of a first-boot ISO: a WS-Man server on the forwarded port, serving the
+    certificate from the ISO and accepting the password from the ISO (as windows-setup.ps1 would set up)."""
+    assert spec.seed_iso is not None and spec.forwards[0].guest_port == 5986
+    config = json.loads(read_iso(spec.seed_iso, "localbuilder-setup.json"))
+    key, cert, _ = pkcs12.load_key_and_certificates(
+        read_iso(spec.seed_iso, config["pfx"]), config["pfx_password"].encode()
+    )
+    assert key is not None and cert is not None
+    cert_pem, key_pem = scratch / "listener.crt", scratch / "listener.key"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    model.password = config["password"]
+    srv = WSManServer(model, https=True, auth="ntlm", users={config["username"]: config["password"]},
+                      port=spec.forwards[0].host_port, cert_files=(cert_pem, key_pem))
+    srv.start()
+    return srv

@@ -2,8 +2,12 @@
 
 What is real here: template loading and validation, the orchestrator (``Build``), the customizer classes
 (PowerShell, WindowsRestart, File, WindowsUpdate), ``WinRMCommunicator`` over real pywinrm (HTTPS,
-NTLM, pinned certificate) and ``deprovision_windows``. What is not: the guest (the model) and the disk
-(the platform below writes a placeholder VHD and skips the offline inspection, which is Linux-only).
+NTLM, pinned certificate) and ``deprovision_windows``. What is not: the guest (the model).
+
+``test_corpus_windows_template`` uses a minimal platform (placeholder disk). ``test_windows_boot_path_
+through_build`` goes through ``windows.session.boot_for_build``: a real qcow2 overlay, the first-boot ISO
+(whose certificate and password the fake guest serves), the fake hypervisor counting resets, Sysprep and
+a real fixed-VHD conversion. The offline inspection is Linux-only and skipped in both.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from localbuilder.template import parse_template
 from localbuilder.template.load import load_documents
 from localbuilder.windows import deprovision_windows
 from tests.windows.guest_model import SEALED, WindowsGuest
-from tests.windows.helpers import USER, ServerGuest, connect
+from tests.windows.helpers import USER, ServerGuest, connect, server_from_media
 from tests.windows.wsman_server import WSManServer, decode_powershell
 
 TEMPLATE = (
@@ -139,3 +143,108 @@ def customization_log(tmp_path: Path) -> str:
     logs = sorted((tmp_path / "runs").rglob("customization.log"))
     assert logs, "no customization.log in the run directory"
     return logs[-1].read_text()
+
+
+class FakeHypervisorPlatform:
+    """The real Windows boot path (overlay, first-boot ISO, port forward, pinned WinRM, Sysprep,
+    fixed-VHD conversion) with the fake hypervisor: its guests are WS-Man servers set up from the ISO."""
+
+    def __init__(self, base: Path, tmp: Path) -> None:
+        from localbuilder.hypervisor.fake import FakeHypervisor
+
+        self.base = base
+        self.tmp = tmp
+        self.models: list[ModelledGuest] = []
+        self.servers: list[WSManServer] = []
+        self.hv = FakeHypervisor(script=self._boot)
+
+    def _boot(self, spec: Any) -> Any:
+        from localbuilder.hypervisor.fake import FakeBehaviour
+
+        model = ModelledGuest()
+        self.models.append(model)
+        self.servers.append(server_from_media(spec, model, self.tmp))
+        return FakeBehaviour()
+
+    def resolve(self, source: Any) -> SourceImage:
+        return SourceImage(path=self.base, format="qcow2", os=GuestOS.windows, label="win (test)", uefi=True)
+
+    @contextlib.contextmanager
+    def boot(self, request: GuestRequest) -> Iterator[BootedGuest]:
+        from localbuilder.hypervisor.spec import Accel
+        from localbuilder.windows.session import boot_for_build
+
+        with boot_for_build(request, hypervisor=self.hv, accel=Accel.kvm) as booted:
+            self.models[-1].fake_guest = booted.guest
+            yield booted
+
+    def deprovision(self, booted: BootedGuest, *, timeout: float) -> DeprovisionOutcome:
+        from localbuilder.windows.session import deprovision_for_build
+
+        return deprovision_for_build(booted, timeout=timeout)
+
+    def convert(self, src: Path, src_format: str, dst: Path, *, size_bytes: int | None) -> int:
+        from localbuilder.disk import to_fixed_vhd
+
+        return to_fixed_vhd(src, src_format, dst, size_bytes=size_bytes, progress=False).virtual_size
+
+    def inspect(self, vhd: Path, build_user: str) -> Inspection:
+        return Inspection(problems=(), report={"note": "offline inspection of Windows disks is not done"})
+
+
+class ModelledGuest(WindowsGuest):
+    """The guest model, reporting resets and its power-off to the fake hypervisor's guest."""
+
+    fake_guest: Any = None
+
+    def on_boot(self) -> None:
+        super().on_boot()
+        self.fake_guest.simulate_reset()
+
+    def shutdown(self, command: str) -> int:
+        code = super().shutdown(command)
+        if self.powered_off:
+            self.fake_guest.simulate_poweroff()
+        return code
+
+
+def test_windows_boot_path_through_build(corpus_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("localbuilder.windows.restart.CHECK_INTERVAL", 0.05)
+    from localbuilder.run import run
+    from localbuilder.vhd import check_fixed_vhd
+
+    base = tmp_path / "win.qcow2"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"])
+    script = tmp_path / "testPsScript.ps1"
+    script.write_text(TEST_PS_SCRIPT)
+    index = tmp_path / "index.html"
+    index.write_text("<html>Azure Image Builder</html>\n")
+    loaded = load_documents(
+        corpus_dir / TEMPLATE,
+        sets=[
+            f"properties.customize[0].scriptUri={script.as_uri()}",
+            f"properties.customize[2].sourceUri={index.as_uri()}",
+            'properties.distribute=[{"type": "VHD", "runOutputName": "win"}]',
+            "properties.vmProfile.osDiskSizeGB=1",
+        ],
+    )
+    template, _ = parse_template(loaded[0])
+    assert template is not None
+    platform = FakeHypervisorPlatform(base, tmp_path)
+    try:
+        options = BuildOptions(runs_root=tmp_path / "runs", output_dir=tmp_path / "out", interactive=False)
+        record = Build(template, corpus_dir / TEMPLATE, platform, options).execute()
+        assert record.run_state is RunState.Succeeded, record
+        model = platform.models[0]
+        assert model.events[-3:] == ["upload c:\\deprovisioningscript.ps1", "sysprep", "power off"]
+        # WindowsRestart + two update rounds, as the "hypervisor" counted them
+        assert platform.hv.guests[0].resets == 3
+        spec = platform.hv.specs[0]
+        assert spec.firmware.value == "uefi" and spec.forwards[0].guest_port == 5986
+        assert spec.seed_iso is not None and not spec.seed_iso.exists()  # the media (password) is gone
+        vhd = tmp_path / "out" / "win.vhd"
+        check_fixed_vhd(vhd)
+        assert vhd.stat().st_size == 1024**3 + 512  # osDiskSizeGB=1 → 1 GiB fixed VHD + footer
+    finally:
+        for srv in platform.servers:
+            srv.stop()

@@ -7,14 +7,9 @@ if the media it made carries what the communicator pins and presents.
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
 
-import pycdlib
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.serialization import pkcs12
 
 from localbuilder.errors import BackendError
 from localbuilder.hypervisor import GuestSpec
@@ -23,18 +18,8 @@ from localbuilder.hypervisor.spec import Accel
 from localbuilder.run import run
 from localbuilder.windows.session import windows_guest
 from tests.windows.guest_model import WindowsGuest
+from tests.windows.helpers import server_from_media
 from tests.windows.wsman_server import WSManServer
-
-
-def read_iso(path: Path, name: str) -> bytes:
-    iso = pycdlib.PyCdlib()
-    iso.open(str(path))
-    try:
-        out = io.BytesIO()
-        iso.get_file_from_iso_fp(out, joliet_path=f"/{name}")
-        return out.getvalue()
-    finally:
-        iso.close()
 
 
 @pytest.fixture
@@ -48,21 +33,7 @@ def test_windows_guest_connects_with_media_credentials(tmp_path: Path, base_imag
     servers: list[WSManServer] = []
 
     def boot(spec: GuestSpec) -> FakeBehaviour:
-        assert spec.seed_iso is not None and spec.forwards[0].guest_port == 5986
-        config = json.loads(read_iso(spec.seed_iso, "localbuilder-setup.json"))
-        key, cert, _ = pkcs12.load_key_and_certificates(
-            read_iso(spec.seed_iso, config["pfx"]), config["pfx_password"].encode()
-        )
-        assert key is not None and cert is not None
-        cert_pem, key_pem = tmp_path / "c.pem", tmp_path / "k.pem"
-        cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                              serialization.NoEncryption()))
-        srv = WSManServer(WindowsGuest(password=config["password"]), https=True, auth="ntlm",
-                          users={config["username"]: config["password"]}, port=spec.forwards[0].host_port,
-                          cert_files=(cert_pem, key_pem))
-        srv.start()
-        servers.append(srv)
+        servers.append(server_from_media(spec, WindowsGuest(), tmp_path))
         return FakeBehaviour()
 
     hv = FakeHypervisor(script=boot)

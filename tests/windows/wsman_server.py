@@ -59,6 +59,9 @@ FAULT_SHELL_NOT_FOUND = 2150858843
 MIME_BOUNDARY = b"--Encrypted Boundary"
 ENCRYPTED_PROTOCOL = "application/HTTP-SPNEGO-session-encrypted"
 MAX_STREAM_CHUNK = 64 * 1024  # bytes of one stream per Receive response (envelope size limit)
+# The MaxEnvelopeSize pywinrm announces (w:MaxEnvelopeSize 153600): a larger request is refused, as
+# Windows refuses one above its configured limit.
+MAX_ENVELOPE = 153600
 
 ENCODED_RE = re.compile(r"-EncodedCommand\s+(\S+)", re.IGNORECASE)
 
@@ -193,6 +196,9 @@ class _Shell:
 
 
 class _Fault(Exception):
+    """A WS-Management fault (HTTP 500). The client acts on two codes only, which are Windows' own:
+    FAULT_TIMEOUT (pywinrm retries it) and FAULT_SHELL_NOT_FOUND; the other codes are placeholders."""
+
     def __init__(self, code: int, subcode: str, reason: str) -> None:
         super().__init__(reason)
         self.code = code
@@ -237,6 +243,8 @@ class WSManServer:
         self.actions: list[str] = []  # every WS-Man action received (short names)
         self.errors: list[str] = []  # exceptions raised by the model: a test should assert none
         self.requests = 0
+        self.largest_request = 0  # bytes of the largest SOAP request received
+        self.sealed = 0  # SOAP messages that arrived NTLM-sealed (MS-WSMV 2.2.9.1)
         self.unavailable = 0  # answer this many requests with a bare HTTP 503 (service starting)
         self._httpd: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -336,6 +344,7 @@ class WSManServer:
 
     # WS-Man operations
     def handle_soap(self, body: bytes) -> tuple[int, bytes]:
+        self.largest_request = max(self.largest_request, len(body))
         root = ET.fromstring(body)
         header = root.find("s:Header", NS)
         soap_body = root.find("s:Body", NS)
@@ -347,6 +356,8 @@ class WSManServer:
         timeout = _duration(_text(header, "w:OperationTimeout"))
         self.actions.append(action.rsplit("/", 1)[-1])
         try:
+            if len(body) > MAX_ENVELOPE:
+                raise _Fault(2150858817, "w:EncodingLimit", "the request exceeds the maximum envelope size")
             if resource != SHELL_URI:
                 raise _Fault(2150858811, "w:DestinationUnreachable", f"unknown resource URI {resource}")
             shell_id = ""
@@ -592,6 +603,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             except Exception:
                 self._reply(400)
                 return
+            srv.sealed += 1
         try:
             status, answer = srv.handle_soap(body)
         except ConnectionAbortedError:
