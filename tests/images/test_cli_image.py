@@ -131,3 +131,20 @@ def test_build_reuses_cache_and_registers_once(
     assert main(argv) == 0
     assert "already in the catalog" in capsys.readouterr().err
     assert Catalog().file.read_bytes() == before
+
+
+def test_build_uefi_registers_gen2(lb_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from localbuilder.images.debian import Firmware
+
+    cache = tmp_path / "cache"
+    image = _fake_cached(
+        DebianRecipe(firmware=Firmware.uefi), cache, urn="Debian:debian-12:12-gen2:0.20260101.5"
+    )
+    assert main(["image", "build", "debian-12", "--uefi", "--cache-dir", str(cache)]) == 0
+    assert capsys.readouterr().out == "Debian:debian-12:12-gen2:0.20260101.5\n"
+    [entry] = Catalog().entries()
+    assert (entry.path, str(entry.generation)) == (image, "V2")
+    from localbuilder.template.model import PlatformImageSource
+
+    source = PlatformImageSource(publisher="Debian", offer="debian-12", sku="12-GEN2", version="latest")
+    assert Catalog().resolve(source).path == image

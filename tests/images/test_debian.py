@@ -94,12 +94,12 @@ def test_build_requires_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert list(tmp_path.iterdir()) == []
 
 
-def _fake_cached(recipe: DebianRecipe, cache: Path) -> Path:
+def _fake_cached(recipe: DebianRecipe, cache: Path, urn: str = "Debian:debian-12:12:0.20260101.1") -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     image = cache / recipe.file_name()
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "1G"], check=True)
     meta = {
-        "urn": "Debian:debian-12:12:0.20260101.1",
+        "urn": urn,
         "sha256": "ab" * 32,
         "recipe_key": recipe.key,
         "size": image.stat().st_size,
@@ -237,3 +237,32 @@ def test_bad_mirror_fails_cleanly(tmp_path: Path) -> None:
     assert err.value.hint and "--mirror" in err.value.hint
     assert not (tmp_path / "out" / "x.qcow2").exists()
     assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize("firmware", [Firmware.bios, Firmware.uefi])
+def test_partition_layout(tmp_path: Path, firmware: Firmware) -> None:
+    raw = tmp_path / "disk.raw"
+    with open(raw, "wb") as fh:
+        fh.truncate(2 * 1024**3)
+    layout = debian._GPT_LAYOUT if firmware is Firmware.uefi else debian._MBR_LAYOUT
+    subprocess.run(["sfdisk", "--quiet", str(raw)], input=layout, text=True, check=True)
+    table = json.loads(
+        subprocess.run(["sfdisk", "--json", str(raw)], capture_output=True, text=True, check=True).stdout
+    )["partitiontable"]
+    parts = table["partitions"]
+    if firmware is Firmware.bios:
+        assert table["label"] == "dos"
+        assert [(p["start"], p["type"], p.get("bootable")) for p in parts] == [(2048, "83", True)]
+        assert parts[0]["start"] + parts[0]["size"] == 2 * 1024**3 // 512
+    else:
+        assert table["label"] == "gpt"
+        assert [p["type"] for p in parts] == [
+            "21686148-6449-6E6F-744E-656564454649",  # BIOS boot (GRUB core.img for SeaBIOS)
+            "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",  # EFI system partition
+            "0FC63DAF-8483-4772-8E79-3D69D8477DE4",  # Linux root, last so growpart can extend it
+        ]
+        assert all(p["start"] % 2048 == 0 for p in parts)  # 1 MiB aligned
+        assert parts[1]["size"] * 512 == 128 * 1024**2
+        # The root fills the disk up to the last 1 MiB boundary before the backup GPT.
+        assert 0 <= table["lastlba"] + 1 - (parts[2]["start"] + parts[2]["size"]) < 2048
+    assert len(parts) == (3 if firmware is Firmware.uefi else 1)
