@@ -320,7 +320,7 @@ def run_localbuilder(
 ) -> dict[str, Any]:
     # A private LOCALBUILDER_HOME: the run directory, catalog and caches of the benchmark stay out of
     # the user's, and the catalog there points at the very file the Packer build uses (--link).
-    env = {"LOCALBUILDER_HOME": str(work / "home")}
+    env = {"LOCALBUILDER_HOME": str(work / "h")}
     lb = [sys.executable, "-m", "localbuilder"]
     add = [*lb, "image", "add", str(source), "--urn", _catalog_urn(template), "--os", "linux", "--link"]
     rc, _, lines = run_timed(add, log_file=ARTIFACTS / "localbuilder-image-add.log", prefix="lb |", env=env)
@@ -426,12 +426,14 @@ def main() -> dict[str, Any]:
         while fh.read(1 << 24):
             pass
     before = _fingerprint(source)
-    with tempfile.TemporaryDirectory(prefix="lb-bench-packer-") as tmp:
+    # A short path on purpose: the guest's QMP socket lives deep under LOCALBUILDER_HOME/runs/…, and a
+    # Unix socket path must fit in 108 bytes (a long temp dir made localbuilder fail "AF_UNIX path too long").
+    with tempfile.TemporaryDirectory(prefix="lbb-", dir="/tmp") as tmp:
         work = Path(tmp)
-        (work / "packer").mkdir()
-        (work / "localbuilder").mkdir()
-        lb = run_localbuilder(template_file, template, source, accel, work / "localbuilder")
-        packer = run_packer(template, guest, fetched, work / "packer")
+        (work / "p").mkdir()
+        (work / "l").mkdir()
+        lb = run_localbuilder(template_file, template, source, accel, work / "l")
+        packer = run_packer(template, guest, fetched, work / "p")
         if _fingerprint(source) != before:
             raise SourceError(f"the source image {source} changed during the benchmark",
                               hint="Something wrote the backing file; rebuild it before trusting results.")

@@ -25,6 +25,9 @@
 # Standalone: POSIX sh, imports nothing from localbuilder.
 
 set -u
+# The SSH session starts in the build user's home, which step 2 deletes: every later program (waagent
+# calls getcwd() at import and dies) would then run in a vanished directory.
+cd / || exit 2
 
 user="${1:-}"
 say() { echo "deprovision: $*"; }

@@ -27,8 +27,10 @@ import dataclasses
 import enum
 import json
 import logging
+import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -72,6 +74,9 @@ log = logging.getLogger("localbuilder.build")
 SSH_WAIT_SECONDS = 20 * 60
 DEPROVISION_SECONDS = 10 * 60
 CLOUD_INIT_WAIT_SECONDS = 10 * 60
+# 108-byte sun_path minus "/lb-XXXXXXXXXX/qmp.sock" (23) and some slack for the backend's own names.
+MAX_WORKDIR_BYTES = 75
+CANCELED_MESSAGE = "the build was canceled; nothing was left running"
 
 
 class OnError(enum.StrEnum):
@@ -318,10 +323,16 @@ class Build:
                 try:
                     final = self._run_phases()
                 except StepFailure as exc:
-                    final = (RunState.Failed, f"{exc.step}: {exc.error.message}")
+                    message = f"{exc.step}: {exc.error.message}"
+                    if exc.kept is not None:
+                        message += (
+                            f"\nthe guest is still running: {exc.kept.ssh_command()}"
+                            f"\nstop it with: localbuilder cancel {self.run.run_id}"
+                        )
+                    final = (RunState.Failed, message)
                     self.record = dataclasses.replace(self.record, failed_step=exc.step, kept_guest=exc.kept)
                 except (Canceled, KeyboardInterrupt):
-                    final = (RunState.Canceled, "the build was canceled; the guest was stopped")
+                    final = (RunState.Canceled, CANCELED_MESSAGE)
                 except BuildTimeout:
                     final = (RunState.Failed, self._timeout_message())
                 except LocalBuilderError as exc:
@@ -345,12 +356,12 @@ class Build:
     def _timeout_message(self) -> str:
         return (
             f"the build exceeded buildTimeoutInMinutes ({format_duration(self.timeout_seconds)}) during "
-            f"{self.record.last_run_status.run_sub_state}; the guest was stopped"
+            f"{self.record.last_run_status.run_sub_state}; nothing was left running"
         )
 
     def _finish(self, state: RunState, message: str) -> None:
         if state is RunState.Failed and self.interrupts.reason == "cancel":
-            state, message = RunState.Canceled, "the build was canceled; the guest was stopped"
+            state, message = RunState.Canceled, CANCELED_MESSAGE
         self.record = self.record.with_status(run_state=state, message=message, end_time=now_iso())
         self._save()
         self.clog.event(f"run ended: {state}" + (f": {message.splitlines()[0]}" if message else ""))
@@ -451,11 +462,26 @@ class Build:
 
     # -- Building / Customizing / deprovision / Optimizing ----------------------------------------------
 
+    def _guest_workdir(self, purpose: str) -> Path:
+        """``<run>/vm-<purpose>``, unless that is too long for the guest's unix sockets.
+
+        The session nests ``<workdir>/lb-XXXXXXXXXX/qmp.sock`` and a unix socket path is limited to
+        108 bytes (sun_path); a deep LOCALBUILDER_HOME or a long template name exceeds that. Then the
+        guest lives in a short private directory under /var/tmp, linked from the run directory.
+        """
+        preferred = self.run.path / f"vm-{purpose}"
+        if len(os.fsencode(preferred)) <= MAX_WORKDIR_BYTES:
+            return preferred
+        short = Path(tempfile.mkdtemp(prefix="lb-", dir="/var/tmp"))
+        preferred.symlink_to(short, target_is_directory=True)
+        log.debug("guest work directory %s (linked from %s: too long for sockets)", short, preferred)
+        return short
+
     def _guest_request(self, image: SourceImage, purpose: str) -> GuestRequest:
         size_gb = self.template.vm_profile.os_disk_size_gb
         return GuestRequest(
             image=image,
-            workdir=self.run.path / f"guest-{purpose}",
+            workdir=self._guest_workdir(purpose),
             disk_size_bytes=size_gb * 1024**3 if size_gb else None,
             vm_size=self.template.vm_profile.vm_size,
             purpose=purpose,

@@ -77,10 +77,11 @@ def script_text() -> bytes:
 
 def user_script_command() -> str:
     """How the user's script runs: made executable and started as root (its shebang decides the
-    interpreter; without one, sh runs it), then the power-off — all in one root shell."""
+    interpreter; without one, sh runs it), then the power-off — all in one root shell. ``cd /`` first:
+    the script may have deleted the home directory the SSH session started in."""
     inner = (
         f"chmod +x {USER_SCRIPT} && {USER_SCRIPT}; rc=$?; "
-        f'if [ "$rc" -eq 0 ]; then {POWEROFF_LATER} fi; exit "$rc"'
+        f'if [ "$rc" -eq 0 ]; then cd / && {POWEROFF_LATER} fi; exit "$rc"'
     )
     return f"sudo -n sh -c {shlex.quote(inner)}"
 

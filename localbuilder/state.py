@@ -175,17 +175,25 @@ class ProcessInfo:
             return False
         except PermissionError:
             pass  # exists, owned by someone else
+        fields = _stat_fields(self.pid)
+        if fields and fields[0] == "Z":
+            return False  # exited, not yet reaped by its parent
         ticks = _start_ticks(self.pid)
         return self.start_ticks is None or ticks is None or ticks == self.start_ticks
 
 
-def _start_ticks(pid: int) -> int | None:
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat from field 3 (state) on; [] when unreadable."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return None
+        return []
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = stat.rsplit(")", 1)[-1].split()
+    return stat.rsplit(")", 1)[-1].split()
+
+
+def _start_ticks(pid: int) -> int | None:
+    fields = _stat_fields(pid)
     try:
         return int(fields[19])
     except (IndexError, ValueError):

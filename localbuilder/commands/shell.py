@@ -47,10 +47,7 @@ DESCRIPTION = (
 DEFAULT_SIZE = "Standard_D2s_v3"  # 2 vCPUs: FACTS §3b, multi-threaded TCG boots ~25 % faster than 1
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="catalog URN, image resource id, or a disk image file")
-    parser.add_argument("command", nargs="*",
-                        help="command to run, after '--' (default: an interactive shell)")
+def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hypervisor", choices=[b for b in BACKENDS if b != "fake"], default="qemu",
                         help="direct qemu (default, no daemon) or libvirt")
     parser.add_argument("--libvirt-uri", metavar="URI", help="libvirt connection URI (default qemu:///system)")
@@ -62,6 +59,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="give the guest outbound network access (default: isolated, SSH forward only)")
     parser.add_argument("--boot-timeout", type=float, default=1200, metavar="SECONDS",
                         help="how long to wait for SSH (default 1200, AIB's 20 minutes)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="catalog URN, image resource id, or a disk image file")
+    _add_options(parser)
+    # argparse cannot take options between SOURCE and a trailing "-- COMMAND" when both are positionals
+    # (the command is matched, empty, together with SOURCE). So everything after SOURCE is collected here
+    # and split in split_command(): options up to "--", the command after it.
+    parser.add_argument("rest", nargs=argparse.REMAINDER, metavar="[-- COMMAND …]",
+                        help="command to run in the guest (default: an interactive shell)")
+
+
+def split_command(args: argparse.Namespace) -> list[str]:
+    """Apply options given after SOURCE to ``args``; return the command (what follows ``--``)."""
+    rest = list(args.rest)
+    if "--" in rest:
+        cut = rest.index("--")
+        options, command = rest[:cut], rest[cut + 1:]
+    elif rest and not rest[0].startswith("-"):
+        # argparse itself swallows a "--" that directly follows SOURCE: what remains is the command.
+        options, command = [], rest
+    else:
+        options, command = rest, []
+    if options:
+        from localbuilder.cli import _Parser
+
+        late = _Parser(prog="localbuilder shell", argument_default=argparse.SUPPRESS, add_help=False)
+        _add_options(late)
+        for action in late._actions:
+            action.default = argparse.SUPPRESS  # only what is given overrides the earlier parse
+        try:
+            late.parse_args(options, namespace=args)
+        except UsageError as exc:
+            raise UsageError(exc.message, hint="Put the command after '--': localbuilder shell SOURCE "
+                             "[options] -- COMMAND …") from exc
+    return command
 
 
 def resolve_source(source: str) -> tuple[Path, str]:
@@ -159,9 +192,7 @@ def interactive(lg: LinuxGuest) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
+    command = split_command(args)
     if not command and not sys.stdin.isatty():
         raise UsageError("no COMMAND given and stdin is not a terminal",
                          hint="Run a command with: localbuilder shell SOURCE -- COMMAND…")

@@ -18,18 +18,29 @@ back (hypervisor reset counter + reconnect + ``cloud-init status --wait``) and c
 
 from __future__ import annotations
 
+import logging
 import secrets
 import shlex
 import tempfile
+import time
 from pathlib import Path
 
 from localbuilder.communicator import CommandResult
 from localbuilder.customizers import Customizer, GuestOS, StepContext, StepFailed
-from localbuilder.errors import Disconnected
+from localbuilder.errors import CustomizerError, Disconnected
+
+log = logging.getLogger("localbuilder.customizers.shell")
 
 INLINE_SHEBANG = "#!/bin/sh -e"
-# Printed to stderr after the script, filtered out of the log: systemd's state tells "rebooting".
+# Printed to stderr around the script and filtered out of the log: STARTED says the command began in
+# the guest (not a session stuck in a shutting-down guest); STATE is systemd's state afterwards.
+STARTED_MARKER = "__localbuilder_started"
 STATE_MARKER = "__localbuilder_systemd_state="
+# A step whose connection dropped before it started is re-run once the guest is back.
+MAX_ATTEMPTS = 3
+# systemd states that may mean "going down" but need the hypervisor's confirmation (a reset).
+AMBIGUOUS_STATES = frozenset({"unknown", "offline"})
+AMBIGUOUS_WAIT_SECONDS = 120.0  # a TCG guest took ~45 s from `reboot` to the reset here
 
 
 def inline_script(lines: tuple[str, ...] | list[str]) -> str:
@@ -37,15 +48,22 @@ def inline_script(lines: tuple[str, ...] | list[str]) -> str:
 
 
 def exec_command(remote: str, *, as_root: bool, has_shebang: bool) -> str:
-    """The one command line that runs the uploaded script, cleans up and reports systemd's state."""
+    """The one command line that runs the uploaded script, cleans up and reports systemd's state.
+
+    After ``sudo reboot`` returns, systemd has a job queued for shutdown.target: ``is-system-running``
+    then says ``stopping``, and ``list-jobs`` shows the job.
+    """
     path = shlex.quote(remote)
     runner = path if has_shebang else f"/bin/sh {path}"
     if as_root:
         # -n: never prompt for a password (a prompt would hang the build until the timeout).
         runner = f"sudo -n {runner}"
     return (
-        f"{runner}; rc=$?; rm -f {path}; "
-        f'echo "{STATE_MARKER}$(systemctl is-system-running 2>/dev/null)" >&2; exit $rc'
+        f"echo {STARTED_MARKER} >&2; {runner}; rc=$?; rm -f {path}; "
+        f'state="$(systemctl is-system-running 2>/dev/null)"; '
+        f"systemctl list-jobs --no-legend 2>/dev/null | grep -qE '(reboot|poweroff|halt|shutdown)\\.target' "
+        f'&& state="$state,shutdown-job"; '
+        f'echo "{STATE_MARKER}$state" >&2; exit $rc'
     )
 
 
@@ -54,31 +72,41 @@ class Shell(Customizer, type_name="Shell"):
 
     def apply(self, ctx: StepContext) -> None:
         step = self.step
-        remote = f"/tmp/localbuilder-{ctx.section.split('.')[0]}-{ctx.index}-{secrets.token_hex(4)}.sh"
-        if step.script_uri:
-            local = ctx.local_file(step.script_uri)
-            has_shebang = local.read_bytes()[:2] == b"#!"
-            self._upload(ctx, local, remote)
-            command = exec_command(remote, as_root=True, has_shebang=has_shebang)
-        else:
-            with tempfile.TemporaryDirectory(prefix="localbuilder-inline-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="localbuilder-inline-") as tmp:
+            if step.script_uri:
+                local = ctx.local_file(step.script_uri)
+                has_shebang = local.read_bytes()[:2] == b"#!"
+                as_root = True
+            else:
                 local = Path(tmp) / "inline.sh"
                 local.write_text(inline_script(step.inline), encoding="utf-8")
-                self._upload(ctx, local, remote)
-            command = exec_command(remote, as_root=False, has_shebang=True)
-        self._run(ctx, command)
+                has_shebang, as_root = True, False
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                section = ctx.section.split(".")[0]
+                remote = f"/tmp/localbuilder-{section}-{ctx.index}-{secrets.token_hex(4)}.sh"
+                ctx.remaining()
+                ctx.comm.upload(local, remote, mode=0o755)
+                if self._run(ctx, exec_command(remote, as_root=as_root, has_shebang=has_shebang)):
+                    return
+                # The connection dropped before the script started: the guest was going down (a
+                # reboot from the previous step that was not yet visible). Run the step again.
+                ctx.note(f"{self.describe(ctx.index, ctx.section)} did not start before the guest went "
+                         f"down; running it again (attempt {attempt + 1})")
+        raise CustomizerError(
+            f"{self.describe(ctx.index, ctx.section)} could not be started: the guest kept going down",
+            hint="See the serial log in the run directory.",
+        )
 
-    @staticmethod
-    def _upload(ctx: StepContext, local: Path, remote: str) -> None:
-        ctx.remaining()
-        ctx.comm.upload(local, remote, mode=0o755)
-
-    def _run(self, ctx: StepContext, command: str) -> None:
+    def _run(self, ctx: StepContext, command: str) -> bool:
+        """Run the step's command; False when it never started (retry after the reboot)."""
         resets_before = ctx.guest.reset_count() if ctx.guest is not None else 0
         states: list[str] = []
+        started: list[bool] = []
 
         def on_output(stream: str, line: str) -> None:
-            if line.startswith(STATE_MARKER):
+            if line == STARTED_MARKER:
+                started.append(True)
+            elif line.startswith(STATE_MARKER):
                 states.append(line[len(STATE_MARKER) :].strip())
             elif ctx.output is not None:
                 ctx.output(stream, line)
@@ -89,13 +117,21 @@ class Shell(Customizer, type_name="Shell"):
             # The connection dropped under the command: a reboot (or a crash, which wait_for_reboot
             # tells apart through the hypervisor).
             ctx.wait_for_reboot(resets_before)
-            return
-        rebooting = "stopping" in states or (
+            return bool(started)
+        log.debug("after %s: systemd state %s", self.describe(ctx.index, ctx.section), states)
+        state = states[-1] if states else ""
+        rebooting = "stopping" in state or "shutdown-job" in state or (
             ctx.guest is not None and ctx.guest.reset_count() > resets_before
         )
+        if not rebooting and state.split(",")[0] in AMBIGUOUS_STATES and ctx.guest is not None:
+            # Measured on Debian 12: right after `sudo reboot`, an unprivileged systemctl already
+            # cannot reach the manager and says "unknown". Confirm through the hypervisor.
+            rebooting = _reset_within(ctx, resets_before, AMBIGUOUS_WAIT_SECONDS)
+            if not rebooting:
+                ctx.note(f"systemd said {state!r} after the step, but the guest did not reboot; going on")
         if rebooting:
             ctx.wait_for_reboot(resets_before)
-            return
+            return True
         if not result.ok:
             raise StepFailed(
                 f"{self.describe(ctx.index, ctx.section)} failed with exit code {result.exit_status}",
@@ -105,11 +141,26 @@ class Shell(Customizer, type_name="Shell"):
                 "commands with sudo); scriptUri scripts run as root. See customization.log in the run "
                 "directory for the full output.",
             )
+        return True
+
+
+def _reset_within(ctx: StepContext, resets_before: int, seconds: float) -> bool:
+    assert ctx.guest is not None
+    end = time.monotonic() + min(seconds, ctx.remaining())
+    while time.monotonic() < end:
+        if ctx.guest.reset_count() > resets_before or not ctx.guest.is_running():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _markers(line: str) -> bool:
+    return line == STARTED_MARKER or line.startswith(STATE_MARKER)
 
 
 def _tail(result: CommandResult, lines: int = 15) -> str:
-    out = [ln for ln in result.stdout_tail.splitlines() if not ln.startswith(STATE_MARKER)]
-    err = [ln for ln in result.stderr_tail.splitlines() if not ln.startswith(STATE_MARKER)]
+    out = [ln for ln in result.stdout_tail.splitlines() if not _markers(ln)]
+    err = [ln for ln in result.stderr_tail.splitlines() if not _markers(ln)]
     text = out[-lines:]
     if err:
         text += ["(stderr)"] + err[-lines:]

@@ -258,8 +258,14 @@ class LibvirtHypervisor:
             elif "Could not open" in text or "No such file" in text:
                 hint = f"Check that {spec.disk} exists and is readable on the libvirt host."
             raise error(f"libvirt could not start guest {spec.name}: {text}", hint=hint) from exc
-        log.debug("libvirt domain %s started (%s)", spec.name, dom.UUIDString())
-        return LibvirtGuest(self, spec, dom)
+        try:
+            log.debug("libvirt domain %s started (%s)", spec.name, dom.UUIDString())
+            return LibvirtGuest(self, spec, dom)
+        except BaseException:
+            # Ctrl-C/SIGTERM (or a libvirt error) right after createXML: nobody owns the domain yet.
+            with contextlib.suppress(self.libvirt.libvirtError):
+                dom.destroy()
+            raise
 
     def domains(self) -> list[str]:
         """Names of the running domains (for tests and leak checks)."""

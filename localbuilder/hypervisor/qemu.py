@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import IO
@@ -39,6 +40,9 @@ QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
 QMP_READY_TIMEOUT = 30.0
+# sun_path holds 108 bytes: a QMP socket deeper than this goes to a private directory under /tmp.
+MAX_SOCKET_PATH = 100
+SHORT_DIR_PREFIX = "lb-qmp-"
 
 
 class PortInUse(BackendError):
@@ -70,6 +74,11 @@ class GuestFiles:
         )
 
 
+def _opt(path: Path) -> str:
+    """A path inside a qemu option value: commas separate options, so a literal comma is doubled."""
+    return str(path).replace(",", ",,")
+
+
 def netdev_arg(spec: GuestSpec, netdev_id: str = "n0") -> str:
     """``-netdev user,…`` with the spec's forwards; shared with the libvirt backend's passthrough."""
     parts = [f"user,id={netdev_id}", f"restrict={'off' if spec.network is NetworkMode.user else 'on'}"]
@@ -93,23 +102,23 @@ def qemu_argv(
         "-nodefaults", "-no-user-config",
         "-display", "none",
         "-vga", "none",
-        "-serial", f"file:{spec.serial_log}",
-        "-qmp", f"unix:{files.qmp_socket},server=on,wait=off",
+        "-serial", f"file:{_opt(spec.serial_log)}",
+        "-qmp", f"unix:{_opt(files.qmp_socket)},server=on,wait=off",
     ]  # fmt: skip
     if spec.firmware is Firmware.uefi:
         assert files.ovmf_vars is not None
         argv += [
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={ovmf_code}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={files.ovmf_vars}",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_opt(ovmf_code)}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={_opt(files.ovmf_vars)}",
         ]  # fmt: skip
     argv += [
-        "-drive", f"file={spec.disk},if=virtio,format={spec.disk_format},discard=unmap",
+        "-drive", f"file={_opt(spec.disk)},if=virtio,format={spec.disk_format},discard=unmap",
         "-netdev", netdev_arg(spec),
         "-device", "virtio-net-pci,netdev=n0",
     ]  # fmt: skip
     if spec.seed_iso is not None:
         # read-only: the seed is never written, and live snapshots refuse a writable non-qcow2 drive (§3e).
-        argv += ["-drive", f"file={spec.seed_iso},if=virtio,format=raw,readonly=on"]
+        argv += ["-drive", f"file={_opt(spec.seed_iso)},if=virtio,format=raw,readonly=on"]
     return argv
 
 
@@ -124,6 +133,13 @@ def _startup_hint(stderr: str, spec: GuestSpec) -> tuple[type[BackendError], str
     if "pflash" in stderr or "OVMF" in stderr:
         return BackendError, "UEFI firmware missing: apt-get install ovmf."
     return BackendError, "Rerun with --debug to see the full qemu command line."
+
+
+def _remove_socket(files: GuestFiles) -> None:
+    files.qmp_socket.unlink(missing_ok=True)
+    if files.qmp_socket.parent.name.startswith(SHORT_DIR_PREFIX):
+        with contextlib.suppress(OSError):
+            files.qmp_socket.parent.rmdir()
 
 
 class QemuGuest:
@@ -193,7 +209,7 @@ class QemuGuest:
             with contextlib.suppress(OSError, BackendError):
                 self.qmp.events()  # keep the last events (SHUTDOWN, RESET) for reset_count()
             self.qmp.close()
-        self.files.qmp_socket.unlink(missing_ok=True)
+        _remove_socket(self.files)
         stderr = self.stderr_tail()
         if stderr:
             log.debug("qemu stderr:\n%s", stderr)
@@ -221,6 +237,9 @@ class QemuHypervisor:
             raise BackendError(f"guest disk {spec.disk} does not exist", hint="Check the image path.")
         ensure_private_dir(spec.workdir)
         files = GuestFiles.for_spec(spec)
+        if len(os.fsencode(files.qmp_socket)) > MAX_SOCKET_PATH:
+            short = Path(tempfile.mkdtemp(prefix=SHORT_DIR_PREFIX))  # 0700, removed in _after_exit()
+            files = dataclasses.replace(files, qmp_socket=short / "qmp.sock")
         files.qmp_socket.unlink(missing_ok=True)
         if files.ovmf_vars is not None:
             for firmware in (self.ovmf_code, self.ovmf_vars):
@@ -250,6 +269,8 @@ class QemuHypervisor:
             proc.wait()
             if guest is not None:
                 guest._after_exit()
+            else:
+                _remove_socket(files)
             if isinstance(exc, KeyboardInterrupt):
                 raise
             text = files.stderr_log.read_text(errors="replace").strip() if files.stderr_log.exists() else ""

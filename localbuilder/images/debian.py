@@ -162,6 +162,8 @@ class DebianRecipe:
             "files": IMAGE_FILES,
             "units": ENABLED_UNITS,
         }
+        if self.firmware is Firmware.uefi:
+            doc["efi_grub_cfg"] = EFI_GRUB_CFG
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
     def file_name(self) -> str:
@@ -497,6 +499,19 @@ _GPT_LAYOUT = (
 # The x86_64-efi modules for grub-mkstandalone; unlike grub-efi-amd64 it does not conflict with grub-pc.
 UEFI_PACKAGES = ("grub-efi-amd64-bin",)
 UEFI_TOOLS = ("mkfs.vfat", "mmd", "mcopy")
+# Config embedded in the standalone EFI GRUB. Partition maps are not autoloaded (grub-mkconfig's own
+# grub.cfg says `insmod part_gpt` for the same reason): without them `search` sees no partitions. If the
+# root is not found, say so instead of `configfile` re-reading this memdisk file forever.
+EFI_GRUB_CFG = (
+    "insmod part_gpt\n"
+    "insmod part_msdos\n"
+    "insmod ext2\n"
+    "if search --no-floppy --fs-uuid --set=root @ROOT_UUID@; then\n"
+    "  configfile ($root)/boot/grub/grub.cfg\n"
+    "else\n"
+    '  echo "localbuilder: no file system with UUID @ROOT_UUID@"\n'
+    "fi\n"
+)
 
 
 def _mount_api_fs(mnt: Path) -> None:
@@ -536,10 +551,7 @@ def _install_efi_loader(mnt: Path, esp: str, root_uuid: str) -> None:
     so that ``insmod`` finds the x86_64-efi modules there.
     """
     embedded = mnt / "tmp/lb-grub-embedded.cfg"
-    embedded.write_text(
-        f"search --no-floppy --fs-uuid --set=root {root_uuid}\n"
-        "configfile ($root)/boot/grub/grub.cfg\n"
-    )
+    embedded.write_text(EFI_GRUB_CFG.replace("@ROOT_UUID@", root_uuid))
     _chroot(mnt, "grub-mkstandalone", "--format=x86_64-efi", "--output=/tmp/BOOTX64.EFI",
             "--locales=", "--fonts=", "boot/grub/grub.cfg=/tmp/lb-grub-embedded.cfg")
     runmod.run(["mmd", "-i", esp, "::/EFI", "::/EFI/BOOT"])

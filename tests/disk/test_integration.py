@@ -4,14 +4,17 @@ inspect that offline. One run with localbuilder's default deprovision, one where
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import paramiko
 import pytest
 
+from localbuilder import deprovision as dp
 from localbuilder import disk, vhd
 from localbuilder import inspect as ins
 from localbuilder.deprovision import deprovision_linux
+from localbuilder.errors import Disconnected
 from localbuilder.hypervisor.probe import resolve_accel, timeout_scale
 from localbuilder.images import BuiltImage
 from localbuilder.session import linux_guest
@@ -87,3 +90,34 @@ def test_user_deprovisioning_script_replaces_ours(tmp_path: Path, debian_image: 
     assert status["sudoers"] == ins.Status.failed
     assert "/tmp/DeprovisioningScript.sh" in report.tmp_leftovers
     assert not report.generalized
+
+
+def test_deprovision_script_is_idempotent(tmp_path: Path, debian_image: BuiltImage) -> None:
+    """Run deprovision.sh twice in one root shell (the second run finds the user already gone), the
+    first without power-off: both must succeed, and the second must still power the guest off."""
+    accel = resolve_accel("auto")
+    with linux_guest(debian_image.path, debian_image.format, workdir=tmp_path, accel=accel) as lg:
+        script = tmp_path / "deprovision.sh"
+        script.write_bytes(dp.script_text())
+        lg.communicator.upload(script, "/tmp/lb-first.sh", mode=0o755)
+        lg.communicator.upload(script, "/tmp/lb-second.sh", mode=0o755)
+        user = shlex.quote(lg.user)
+        inner = f"LB_NO_POWEROFF=1 sh /tmp/lb-first.sh {user} && sh /tmp/lb-second.sh {user}"
+        lines: list[str] = []
+        try:
+            result = lg.communicator.run(
+                f"sudo -n sh -c {shlex.quote(inner)}",
+                timeout=600,
+                on_output=lambda stream, line: lines.append(line) if stream == "stdout" else None,
+            )
+            assert result.exit_status == 0, result.stderr_tail
+        except Disconnected:
+            pass  # the power-off won the race against the exit status; the power-off is what matters
+        steps = [line for line in lines if line.startswith("deprovision: ")]
+        # First run: the user exists; second run: already gone, so plain -deprovision, then power-off.
+        assert steps.count(f"deprovision: user {lg.user} deleted") == 2, lines
+        assert steps.index("deprovision: waagent -force -deprovision+user") < steps.index(
+            "deprovision: waagent -force -deprovision"
+        ), lines
+        assert steps.count("deprovision: power-off scheduled") == 1, lines
+        assert lg.guest.wait_shutdown(300 * timeout_scale(accel))

@@ -169,3 +169,20 @@ def test_real_qemu_rejects_bad_disk(tmp_path: Path) -> None:
                                     forwards=(PortForward(22, free_port()),)))
     assert "qcow2" in err.value.message
     assert err.value.hint and str(bad) in err.value.hint
+
+
+def test_long_workdir_gets_short_qmp_socket(tmp_path: Path, disk: Path) -> None:
+    # sun_path is 108 bytes: a deep work directory must not break QMP (found by the shell kill test).
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    hv = QemuHypervisor(qemu=fake_qemu(tmp_path, QMP_SERVER))
+    guest = hv.start(spec(disk=disk, workdir=deep, seed_iso=None))
+    sock = guest.files.qmp_socket
+    assert len(str(sock)) < 100 and sock.exists()
+    assert guest.shutdown(10)
+    assert not sock.parent.exists()
+
+
+def test_commas_in_paths_are_escaped() -> None:
+    s = spec(disk=Path("/a,b/disk.qcow2"))
+    argv = qemu_argv(s, GuestFiles.for_spec(s))
+    assert "file=/a,,b/disk.qcow2,if=virtio,format=qcow2,discard=unmap" in argv
