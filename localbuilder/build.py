@@ -258,6 +258,11 @@ class StepFailure(Exception):
         self.error = error
         self.kept = kept
 
+    def summary(self) -> str:
+        """``customize[1] Shell 'x' failed with exit code 2`` + the output tail, named once."""
+        text = self.error.message
+        return text if text.startswith(self.step) else f"{self.step}: {text}"
+
 
 class Build:
     """One run of one template."""
@@ -323,7 +328,7 @@ class Build:
                 try:
                     final = self._run_phases()
                 except StepFailure as exc:
-                    message = f"{exc.step}: {exc.error.message}"
+                    message = exc.summary()
                     if exc.kept is not None:
                         message += (
                             f"\nthe guest is still running: {exc.kept.ssh_command()}"
@@ -690,7 +695,7 @@ class Build:
                 )
             except StepFailure as exc:
                 self.record = dataclasses.replace(self.record, failed_step=exc.step, kept_guest=exc.kept)
-                return f"validation failed: {exc.step}: {exc.error.message}"
+                return f"validation failed: {exc.summary()}"
         return ""
 
     # -- Distributing -----------------------------------------------------------------------------------

@@ -416,6 +416,22 @@ class Catalog:
         raise CatalogError(f"source type {type(source).__name__} cannot come from the catalog",
                            hint="Use a PlatformImage, ManagedImage or SharedImageVersion source.")
 
+    def resolve_ref(self, ref: str) -> CatalogImage:
+        """A URN or an image resource id as a user types it (``localbuilder shell SOURCE``); gallery
+        definition ids and ``latest`` resolve as in a template."""
+        text = ref.strip().rstrip("/")
+        if text.startswith("/"):
+            if _MANAGED_RE.match(text):
+                return self.resolve_id(text, SourceType.ManagedImage)
+            if _GALLERY_RE.match(text):
+                return self.resolve_id(text, SourceType.SharedImageVersion)
+        elif text.count(":") == 3:
+            return self.resolve_urn(text)
+        raise CatalogError(
+            f"{ref!r} is neither a URN (publisher:offer:sku:version) nor an image resource id",
+            hint="'localbuilder image list' shows the registered URNs and ids.",
+        )
+
     def resolve_urn(self, urn: str) -> CatalogImage:
         publisher, offer, sku, version = (urn.split(":") + ["", "", "", ""])[:4]
         same_sku = [

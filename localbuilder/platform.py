@@ -142,15 +142,15 @@ class LocalPlatform:
                 raise
 
     def _stop(self, session: Any) -> None:
-        from localbuilder.hypervisor.probe import timeout_scale
-        from localbuilder.session import SHUTDOWN_TIMEOUT
+        from localbuilder.session import ABORT_SHUTDOWN_TIMEOUT
 
+        # A failed/canceled build discards the guest: a short ACPI chance, then kill (as the session does).
         guest = session.guest
         session.communicator.close()
         try:
             if guest.is_running():
                 with complete_step("Powering off the guest"):
-                    guest.shutdown(SHUTDOWN_TIMEOUT * timeout_scale(self._accel_value()))
+                    guest.shutdown(ABORT_SHUTDOWN_TIMEOUT)
         finally:
             guest.destroy()
 

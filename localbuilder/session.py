@@ -48,6 +48,9 @@ log = logging.getLogger("localbuilder.session")
 SSH_HOST = "127.0.0.1"
 # ACPI power-down → qemu exit took ~4-6 s here under TCG (FACTS §3/§3b); the scale covers slow hosts.
 SHUTDOWN_TIMEOUT = 30.0
+# After an error or Ctrl-C the guest is discarded: give ACPI a short chance, then kill. A guest still in
+# its boot loader or early kernel ignores the power button, and nobody should wait minutes for that.
+ABORT_SHUTDOWN_TIMEOUT = 10.0
 CLOUD_INIT_TIMEOUT = 600.0
 PORT_ATTEMPTS = 3
 
@@ -150,6 +153,7 @@ def linux_guest(
     guest: Guest | None = None
     comm: SSHCommunicator | None = None
     kept = False
+    failed = True
     try:
         try:
             disk.create_overlay(base, base_format, overlay, disk_size_bytes)
@@ -201,6 +205,7 @@ def linux_guest(
                         serial_log=serial_log, workdir=guest_dir, timings=timings)
         try:
             yield lg
+            failed = False
         except BaseException:
             if keep and guest.is_running():
                 kept = True
@@ -215,8 +220,9 @@ def linux_guest(
                 t = time.monotonic()
                 try:
                     if guest.is_running():
+                        deadline = ABORT_SHUTDOWN_TIMEOUT if failed else SHUTDOWN_TIMEOUT * scale
                         with complete_step("Powering off the guest"):
-                            guest.shutdown(SHUTDOWN_TIMEOUT * scale)
+                            guest.shutdown(deadline)
                 except KeyboardInterrupt:
                     # A second Ctrl-C during the power-down: stop waiting, kill it now.
                     guest.destroy()

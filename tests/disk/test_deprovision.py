@@ -1,4 +1,4 @@
-"""deprovision_linux() against a scripted communicator and the in-tree FakeGuest, and the guest script
+"""deprovision_linux() against the in-tree FakeCommunicator and FakeGuest, and the guest script
 itself (syntax, header, the ovf-env.xml it writes)."""
 
 from __future__ import annotations
@@ -7,66 +7,28 @@ import re
 import shlex
 import subprocess
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from localbuilder import deprovision as dp
-from localbuilder.communicator import CommandResult, OutputCallback
-from localbuilder.errors import CommunicatorTimeout, DeprovisionError, Disconnected
+from localbuilder.communicator.fake import FakeCommunicator, FakeReply
+from localbuilder.errors import DeprovisionError
 from localbuilder.hypervisor import GuestSpec
 from localbuilder.hypervisor.fake import FakeBehaviour, FakeGuest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "guest_scripts" / "deprovision.sh"
 
-Reply = CommandResult | Exception | Callable[[str], CommandResult]
 
-
-class ScriptedComm:
-    """Answers each command by the first regex in ``replies`` that matches it; records everything."""
-
-    def __init__(self, replies: dict[str, Reply]) -> None:
-        self.replies = replies
-        self.commands: list[str] = []
-        self.uploads: list[tuple[bytes, str, int | None]] = []
-        self.closed = False
-
-    def wait_ready(self, timeout: float) -> None:
-        pass
-
-    def run(
-        self,
-        command: str,
-        *,
-        timeout: float | None = None,
-        on_output: OutputCallback | None = None,
-        stdin: bytes | None = None,
-    ) -> CommandResult:
-        self.commands.append(command)
-        for pattern, reply in self.replies.items():
-            if re.search(pattern, command):
-                if isinstance(reply, Exception):
-                    raise reply
-                return reply(command) if callable(reply) else reply
-        raise AssertionError(f"unexpected command {command!r}")
-
-    def upload(self, src: Path, dst: str, *, mode: int | None = None) -> None:
-        self.uploads.append((src.read_bytes(), dst, mode))
-
-    def download(self, src: str, dst: Path) -> None:
-        raise AssertionError("no download expected")
-
-    def reconnect(self, timeout: float) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def ok(status: int = 0, err: str = "") -> CommandResult:
-    return CommandResult(exit_status=status, stdout_tail="", stderr_tail=err, duration=0.1)
+def comm_for(probe: int | FakeReply, script: int | FakeReply = 0) -> FakeCommunicator:
+    """A connected fake guest: ``probe`` answers ``test -f /tmp/DeprovisioningScript.sh``, ``script`` the
+    sudo command; anything else fails the test (strict)."""
+    return FakeCommunicator(
+        {re.compile(r"^test -f /tmp/DeprovisioningScript\.sh$"): probe, re.compile(r"^sudo -n sh "): script},
+        strict=True,
+        connected=True,
+    )
 
 
 def guest(tmp_path: Path, powers_off: bool = True) -> FakeGuest:
@@ -75,19 +37,24 @@ def guest(tmp_path: Path, powers_off: bool = True) -> FakeGuest:
 
 
 def test_default_uploads_and_runs_our_script_then_waits_for_power_off(tmp_path: Path) -> None:
-    comm = ScriptedComm({r"^test -f /tmp/DeprovisioningScript.sh$": ok(1), r"^sudo -n sh ": ok(0)})
+    comm = comm_for(probe=1)
     g = guest(tmp_path)
     result = dp.deprovision_linux(comm, g, "lbuser", timeout=30)
-    assert comm.uploads == [(SCRIPT.read_bytes(), "/tmp/localbuilder-deprovision.sh", 0o755)]
-    assert comm.commands[-1] == "sudo -n sh /tmp/localbuilder-deprovision.sh lbuser"
+    assert [(u.data, u.dst, u.mode) for u in comm.uploads] == [
+        (SCRIPT.read_bytes(), "/tmp/localbuilder-deprovision.sh", 0o755)
+    ]
+    assert comm.commands == [
+        "test -f /tmp/DeprovisioningScript.sh",
+        "sudo -n sh /tmp/localbuilder-deprovision.sh lbuser",
+    ]
     assert not result.user_script and result.exit_status == 0 and not result.disconnected
     assert result.script == "/tmp/localbuilder-deprovision.sh"
-    assert g.calls == ["wait_shutdown"] and not g.is_running() and comm.closed
+    assert g.calls == ["wait_shutdown"] and not g.is_running() and comm.events[-1] == "close"
     assert set(result.as_dict()) == {"user_script", "script", "exit_status", "disconnected", "seconds"}
 
 
 def test_users_script_replaces_ours_and_runs_as_root_with_power_off(tmp_path: Path) -> None:
-    comm = ScriptedComm({r"^test -f ": ok(0), r"^sudo -n sh -c ": ok(0)})
+    comm = comm_for(probe=0)
     result = dp.deprovision_linux(comm, guest(tmp_path), "lbuser", timeout=30)
     assert result.user_script and result.script == "/tmp/DeprovisioningScript.sh"
     assert comm.uploads == []
@@ -101,14 +68,14 @@ def test_users_script_replaces_ours_and_runs_as_root_with_power_off(tmp_path: Pa
 
 
 def test_disconnect_while_powering_off_is_success(tmp_path: Path) -> None:
-    comm = ScriptedComm({r"^test -f ": ok(1), r"^sudo ": Disconnected("connection lost")})
+    comm = comm_for(probe=1, script=FakeReply(stdout="deprovision: done\n", disconnect=True))
     result = dp.deprovision_linux(comm, guest(tmp_path), "lbuser", timeout=30)
     assert result.disconnected and result.exit_status is None
 
 
 def test_script_failure_names_the_status_and_hint(tmp_path: Path) -> None:
-    comm = ScriptedComm(
-        {r"^test -f ": ok(1), r"^sudo ": ok(3, "deprovision: waagent -force -deprovision+user failed")}
+    comm = comm_for(
+        probe=1, script=FakeReply(3, stderr="deprovision: waagent -force -deprovision+user failed")
     )
     g = guest(tmp_path)
     with pytest.raises(DeprovisionError, match="exited with status 3\ndeprovision: waagent") as info:
@@ -118,41 +85,41 @@ def test_script_failure_names_the_status_and_hint(tmp_path: Path) -> None:
 
 
 def test_users_failing_script_is_blamed(tmp_path: Path) -> None:
-    comm = ScriptedComm({r"^test -f ": ok(0), r"^sudo ": ok(1, "oops")})
+    comm = comm_for(probe=0, script=FakeReply(1, stderr="oops"))
     with pytest.raises(DeprovisionError, match="DeprovisioningScript.sh exited with status 1") as info:
         dp.deprovision_linux(comm, guest(tmp_path), "lbuser", timeout=30)
     assert info.value.hint and "user's own deprovision script" in info.value.hint
 
 
 def test_missing_passwordless_sudo_is_explained(tmp_path: Path) -> None:
-    comm = ScriptedComm({r"^test -f ": ok(1), r"^sudo ": ok(1, "sudo: a password is required")})
+    comm = comm_for(probe=1, script=FakeReply(1, stderr="sudo: a password is required"))
     with pytest.raises(DeprovisionError) as info:
         dp.deprovision_linux(comm, guest(tmp_path), "lbuser", timeout=30)
     assert info.value.hint and "passwordless sudo" in info.value.hint
 
 
 def test_no_power_off_is_a_timeout_error(tmp_path: Path) -> None:
-    comm = ScriptedComm({r"^test -f ": ok(1), r"^sudo ": ok(0)})
+    comm = comm_for(probe=1)
     with pytest.raises(DeprovisionError, match="did not power off within 30 s") as info:
         dp.deprovision_linux(comm, guest(tmp_path, powers_off=False), "lbuser", timeout=30)
     assert info.value.hint and "serial log" in info.value.hint
 
 
 def test_hanging_script_is_a_timeout_error(tmp_path: Path) -> None:
-    comm = ScriptedComm({r"^test -f ": ok(1), r"^sudo ": CommunicatorTimeout("no answer")})
+    comm = comm_for(probe=1, script=FakeReply(hang=True))
     with pytest.raises(DeprovisionError, match="did not finish within 30 s"):
         dp.deprovision_linux(comm, guest(tmp_path), "lbuser", timeout=30)
 
 
 def test_unreachable_guest_is_an_error(tmp_path: Path) -> None:
-    comm = ScriptedComm({r"^test -f ": Disconnected("gone")})
+    comm = comm_for(probe=FakeReply(disconnect=True))
     with pytest.raises(DeprovisionError, match="cannot reach the guest"):
         dp.deprovision_linux(comm, guest(tmp_path), "lbuser", timeout=30)
 
 
 @pytest.mark.parametrize("user", ["", "Root", "a b", "x;reboot", "-rf"])
 def test_invalid_user_names_are_refused(tmp_path: Path, user: str) -> None:
-    comm = ScriptedComm({})
+    comm = comm_for(probe=1)
     with pytest.raises(DeprovisionError, match="invalid build user name"):
         dp.deprovision_linux(comm, guest(tmp_path), user, timeout=30)
     assert comm.commands == []

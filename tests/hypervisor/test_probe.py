@@ -7,6 +7,7 @@ import logging
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def device(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def warnings(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+def warnings(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     # setup_logging() elsewhere may stop propagation; attach the capture handler to our logger directly.
     logger = logging.getLogger("localbuilder")
     logger.addHandler(caplog.handler)

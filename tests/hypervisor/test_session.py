@@ -4,6 +4,7 @@ shut down, and check that nothing (qemu process, domain, temp file) is left behi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -129,7 +130,9 @@ def test_killing_shell_mid_boot_leaves_nothing(
             started = _wait_for(lambda: bool(qemu_pids(str(home))), 30)
         else:
             started = _wait_for(lambda: bool(libvirt_domains(uri) - before), 30)
-        assert started, "the guest never started: " + (proc.stderr.read().decode() if proc.poll() else "")
+        if not started and proc.poll() is not None:
+            pytest.fail("the guest never started: " + proc.communicate()[1].decode())
+        assert started, "the guest did not start within 30 s"
         time.sleep(2)  # mid-boot: qemu is running, SSH is not up yet
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=90)
@@ -143,3 +146,44 @@ def test_killing_shell_mid_boot_leaves_nothing(
         assert libvirt_domains(uri) - before == set()
     leftovers = [p for p in (home / "shell").rglob("*")] if (home / "shell").exists() else []
     assert leftovers == []
+
+
+def test_interactive_shell_through_a_pty(boot_image: Path, tmp_path: Path) -> None:
+    """`localbuilder shell SOURCE` without a command: a login shell on a raw local TTY; its exit status
+    is passed through."""
+    import pty
+    import select as select_mod
+
+    env = dict(os.environ, LOCALBUILDER_HOME=str(tmp_path / "home"), TERM="dumb")
+    pid, fd = pty.fork()
+    if pid == 0:  # child: becomes localbuilder with the pty as its terminal
+        os.chdir(REPO)
+        os.execve(sys.executable, [sys.executable, "-m", "localbuilder", "shell", str(boot_image),
+                                   "--accel", "tcg"], env)
+    out = b""
+    sent = False
+    end = time.monotonic() + 600
+    try:
+        while time.monotonic() < end:
+            ready, _, _ = select_mod.select([fd], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            if not sent and b"packer@" in out:
+                os.write(fd, b"echo MARK-$((6*7)); exit 3\r")
+                sent = True
+        _, status = os.waitpid(pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    assert sent, text[-2000:]
+    assert "MARK-42" in text and "timings: boot to SSH" in text, text[-2000:]
+    assert os.waitstatus_to_exitcode(status) == 3, text[-2000:]
+    assert not qemu_pids(str(tmp_path / "home"))

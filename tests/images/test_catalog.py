@@ -274,3 +274,17 @@ def test_as_dict_roundtrip(lb_home: Path, make_disk) -> None:  # type: ignore[no
     bad = entry.as_dict() | {"format": "floppy"}
     with pytest.raises(CatalogError, match="malformed"):
         CatalogImage.from_dict(bad)
+
+
+def test_resolve_ref_as_typed_by_a_user(lb_home: Path, make_disk) -> None:  # type: ignore[no-untyped-def]
+    cat = Catalog()
+    urn_entry = cat.add(make_disk("u.qcow2", data=b"\x01"), urn="Debian:debian-12:12:1.0.0")
+    managed = cat.add(make_disk("m.qcow2", data=b"\x02"), resource_id=f"{SUB}/images/golden")
+    gallery = cat.add(make_disk("g.qcow2", data=b"\x03"), resource_id=f"{GALLERY_DEF}/versions/1.0.0")
+    assert cat.resolve_ref("debian:debian-12:12:latest") == urn_entry
+    assert cat.resolve_ref(f"{SUB.lower()}/images/golden/") == managed
+    assert cat.resolve_ref(GALLERY_DEF) == gallery  # a definition id means latest
+    for bad in ("debian-12", "/subscriptions/x/resourceGroups/y/providers/Microsoft.Storage/z"):
+        with pytest.raises(CatalogError, match="neither a URN") as err:
+            cat.resolve_ref(bad)
+        assert err.value.hint

@@ -155,3 +155,10 @@ def test_gen2_image_boots_under_ovmf(debian_image_gen2: BuiltImage, tmp_path: Pa
     text = boot_to_login(debian_image_gen2, tmp_path, uefi=True)
     check_console(text)
     assert "EFI v2" in text or "efi: EFI" in text  # the kernel was started by OVMF, not SeaBIOS
+
+
+def test_gen2_image_also_boots_with_seabios(debian_image_gen2: BuiltImage, tmp_path: Path) -> None:
+    # The GPT carries a BIOS boot partition with GRUB's core.img, as Azure's Gen2 images do.
+    text = boot_to_login(debian_image_gen2, tmp_path, uefi=False)
+    check_console(text)
+    assert "efi: EFI v" not in text
