@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as exc:  # noqa: BLE001 - the last line of defence: never a bare traceback
         log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=exc if debug else None)
-        print("hint: this is a bug in localbuilder; rerun with --debug and report the traceback", file=sys.stderr)
+        print(
+            "hint: this is a bug in localbuilder; rerun with --debug and report the traceback",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -92,15 +92,25 @@ class LocalPlatform:
         from localbuilder.hypervisor.sizes import guest_shape
         from localbuilder.session import linux_guest
 
-        if request.image.os is not GuestOS.linux:
-            from localbuilder.errors import SourceError
-
-            raise SourceError(
-                f"{request.image.label} is a Windows image: Windows guests cannot be booted by "
-                "'localbuilder build' yet",
-                hint="Build Linux templates for now; see docs/windows.md for the Windows pieces.",
-            )
         shape = guest_shape(request.vm_size or None)
+        network = NetworkMode.user if self.network else NetworkMode.restricted
+        if request.image.os is not GuestOS.linux:
+            # Windows: first-boot ISO (unattend + WinRM over HTTPS with a pinned certificate) and WinRM.
+            # Proven against the WS-Management test server only; see docs/windows.md.
+            from localbuilder.hypervisor import get_backend
+            from localbuilder.windows.session import boot_for_build
+
+            options = {"uri": self.libvirt_uri} if self.backend == "libvirt" else {}
+            with boot_for_build(
+                request,
+                hypervisor=get_backend(self.backend, **options),
+                accel=self._accel_value(),
+                cpus=shape.cpus,
+                memory_mib=max(shape.memory_mib, 2048),
+                network=network,
+            ) as booted:
+                yield booted
+            return
         request.workdir.mkdir(parents=True, exist_ok=True)
         # keep=True: the session then leaves the guest running when the block raises. Whether to keep
         # it is decided at failure time (--on-error abort/ask), so every other failure stops the guest
@@ -114,7 +124,7 @@ class LocalPlatform:
             cpus=shape.cpus,
             memory_mib=shape.memory_mib,
             disk_size_bytes=request.disk_size_bytes,
-            network=NetworkMode.user if self.network else NetworkMode.restricted,
+            network=network,
             libvirt_uri=self.libvirt_uri,
             boot_timeout=request.timeout,
             firmware=Firmware.uefi if request.image.uefi else Firmware.bios,
@@ -167,7 +177,13 @@ class LocalPlatform:
         )
 
     def deprovision(self, booted: BootedGuest, *, timeout: float) -> DeprovisionOutcome:
+        from localbuilder.communicator.winrm import WinRMCommunicator
         from localbuilder.deprovision import deprovision_linux
+
+        if isinstance(booted.comm, WinRMCommunicator):
+            from localbuilder.windows.session import deprovision_for_build
+
+            return deprovision_for_build(booted, timeout=timeout)
 
         timed = _TimedGuest(booted.guest)
         result = deprovision_linux(booted.comm, timed, booted.user, timeout=timeout)

@@ -106,7 +106,9 @@ def run(
             raise
         raise _missing(argv) from exc
     except subprocess.TimeoutExpired as exc:
-        raise CommandError(argv, -1, f"timed out after {timeout:.0f} s\n" + _tail(exc.stderr), hint=hint) from exc
+        raise CommandError(
+            argv, -1, f"timed out after {timeout:.0f} s\n" + _tail(exc.stderr), hint=hint
+        ) from exc
     if check and proc.returncode != 0:
         log.debug("stdout: %s", _tail(proc.stdout))
         raise CommandError(argv, proc.returncode, _tail(proc.stderr) or _tail(proc.stdout), hint=hint)
@@ -136,7 +138,12 @@ def spawn(
         full_env.update(env)
     try:
         return subprocess.Popen(
-            argv, stdin=stdin, stdout=stdout, stderr=stderr, env=full_env, cwd=cwd,
+            argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            env=full_env,
+            cwd=cwd,
             start_new_session=new_session,
         )
     except FileNotFoundError as exc:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from localbuilder.hypervisor.spec import Accel, Firmware, GuestSpec, NetworkMode, PortForward
+from localbuilder.hypervisor.spec import Accel, DeviceSet, Firmware, GuestSpec, NetworkMode, PortForward
 
 __all__ = [
-    "Accel", "Firmware", "Guest", "GuestSpec", "Hypervisor", "NetworkMode", "PortForward", "get_backend",
-    "BACKENDS",
+    "Accel", "DeviceSet", "Firmware", "Guest", "GuestSpec", "Hypervisor", "NetworkMode", "PortForward",
+    "get_backend", "BACKENDS",
 ]
 
 

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from localbuilder.errors import BackendError
 from localbuilder.hypervisor.qemu import OVMF_CODE, OVMF_VARS, PortInUse, netdev_arg
-from localbuilder.hypervisor.spec import Accel, Firmware, GuestSpec
+from localbuilder.hypervisor.spec import Accel, DeviceSet, Firmware, GuestSpec
 from localbuilder.paths import ensure_private_dir
 
 log = logging.getLogger("localbuilder.hypervisor.libvirt")
@@ -95,12 +95,13 @@ def domain_xml(spec: GuestSpec, *, ovmf_code: Path = OVMF_CODE, ovmf_vars: Path 
     disk = _sub(devices, "disk", type="file", device="disk")
     _sub(disk, "driver", name="qemu", type=spec.disk_format, discard="unmap")
     _sub(disk, "source", file=str(spec.disk))
-    _sub(disk, "target", dev="vda", bus="virtio")
+    compat = spec.devices is DeviceSet.compat
+    _sub(disk, "target", dev="sda" if compat else "vda", bus="sata" if compat else "virtio")
     if spec.seed_iso is not None:
-        seed = _sub(devices, "disk", type="file", device="disk")
+        seed = _sub(devices, "disk", type="file", device="cdrom" if compat else "disk")
         _sub(seed, "driver", name="qemu", type="raw")
         _sub(seed, "source", file=str(spec.seed_iso))
-        _sub(seed, "target", dev="vdb", bus="virtio")
+        _sub(seed, "target", dev="sdb" if compat else "vdb", bus="sata" if compat else "virtio")
         _sub(seed, "readonly")
     serial = _sub(devices, "serial", type="file")
     _sub(serial, "source", path=str(spec.serial_log))
@@ -112,7 +113,8 @@ def domain_xml(spec: GuestSpec, *, ovmf_code: Path = OVMF_CODE, ovmf_vars: Path 
     seclabel = _sub(dom, "seclabel", type="static", model="dac", relabel="no")
     _sub(seclabel, "label", "+0:+0")
     cmdline = _sub(dom, f"{{{QEMU_NS}}}commandline")
-    for arg in ["-netdev", netdev_arg(spec), "-device", f"virtio-net-pci,netdev=n0,{NIC_ADDRESS}"]:
+    nic = "e1000" if compat else "virtio-net-pci"
+    for arg in ["-netdev", netdev_arg(spec), "-device", f"{nic},netdev=n0,{NIC_ADDRESS}"]:
         _sub(cmdline, f"{{{QEMU_NS}}}arg", value=arg)
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode") + "\n"

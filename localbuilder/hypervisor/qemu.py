@@ -30,7 +30,7 @@ from typing import IO
 
 from localbuilder.errors import BackendError
 from localbuilder.hypervisor.qmp import QMPClient, QMPClosed
-from localbuilder.hypervisor.spec import Accel, Firmware, GuestSpec, NetworkMode
+from localbuilder.hypervisor.spec import Accel, DeviceSet, Firmware, GuestSpec, NetworkMode
 from localbuilder.paths import ensure_private_dir
 from localbuilder.run import Popen, TimeoutExpired, spawn
 
@@ -111,6 +111,22 @@ def qemu_argv(
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_opt(ovmf_code)}",
             "-drive", f"if=pflash,format=raw,unit=1,file={_opt(files.ovmf_vars)}",
         ]  # fmt: skip
+    if spec.devices is DeviceSet.compat:
+        # AHCI: port 0 the disk, port 1 the first-boot media as a CD-ROM (Windows Setup looks for
+        # autounattend.xml on removable media and CDs).
+        argv += [
+            "-device", "ahci,id=ahci",
+            "-drive", f"file={_opt(spec.disk)},if=none,id=disk0,format={spec.disk_format},discard=unmap",
+            "-device", "ide-hd,drive=disk0,bus=ahci.0",
+            "-netdev", netdev_arg(spec),
+            "-device", "e1000,netdev=n0",
+        ]  # fmt: skip
+        if spec.seed_iso is not None:
+            argv += [
+                "-drive", f"file={_opt(spec.seed_iso)},if=none,id=cd0,media=cdrom,format=raw,readonly=on",
+                "-device", "ide-cd,drive=cd0,bus=ahci.1",
+            ]  # fmt: skip
+        return argv
     argv += [
         "-drive", f"file={_opt(spec.disk)},if=virtio,format={spec.disk_format},discard=unmap",
         "-netdev", netdev_arg(spec),

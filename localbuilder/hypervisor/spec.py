@@ -22,6 +22,18 @@ class NetworkMode(enum.StrEnum):
     user = "user"  # slirp with outbound NAT (reach a package mirror on the host, …)
 
 
+class DeviceSet(enum.StrEnum):
+    """The emulated disk controller and NIC.
+
+    ``virtio`` is fast and what Linux cloud images expect. ``compat`` (AHCI/SATA disk and CD-ROM, e1000
+    NIC) is for images without virtio drivers: Azure's Windows images ship Hyper-V drivers, not virtio,
+    and would stop with INACCESSIBLE_BOOT_DEVICE on a virtio disk.
+    """
+
+    virtio = "virtio"
+    compat = "compat"
+
+
 @dataclasses.dataclass(frozen=True)
 class PortForward:
     guest_port: int
@@ -42,6 +54,7 @@ class GuestSpec:
     seed_iso: Path | None = None  # cloud-init NoCloud (Linux) or unattend ISO (Windows)
     forwards: tuple[PortForward, ...] = ()
     network: NetworkMode = NetworkMode.restricted
+    devices: DeviceSet = DeviceSet.virtio
     machine: str = "pc"  # pin a versioned type (pc-i440fx-7.2) when live snapshots must resume
 
     @property

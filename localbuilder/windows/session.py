@@ -34,7 +34,7 @@ from localbuilder import disk
 from localbuilder.communicator.winrm import Transport, WinRMCommunicator
 from localbuilder.errors import BackendError, ConversionError
 from localbuilder.hypervisor import Guest, Hypervisor
-from localbuilder.hypervisor.spec import Accel, Firmware, GuestSpec, NetworkMode, PortForward
+from localbuilder.hypervisor.spec import Accel, DeviceSet, Firmware, GuestSpec, NetworkMode, PortForward
 from localbuilder.log import complete_step
 from localbuilder.paths import ensure_private_dir
 from localbuilder.windows.firstboot import WINRM_HTTPS_PORT, make_first_boot_media
@@ -114,6 +114,7 @@ def windows_guest(
                 name=name, disk=overlay, workdir=guest_dir, cpus=cpus, memory_mib=memory_mib, accel=accel,
                 firmware=firmware, seed_iso=media.iso, network=network,
                 forwards=(PortForward(WINRM_HTTPS_PORT, port, HOST),),
+                devices=DeviceSet.compat,  # Azure's Windows images have Hyper-V drivers, not virtio
             )
 
         start = time.monotonic()

@@ -89,3 +89,14 @@ def test_transient_domain_does_not_relabel_backing_file(tmp_path: Path, libvirt_
         guest.destroy()
     assert not guest.is_running() and name not in hv.domains()  # type: ignore[attr-defined]
     guest.destroy()  # idempotent
+
+
+def test_domain_xml_compat_devices_for_windows(golden: Golden) -> None:
+    from localbuilder.hypervisor.spec import DeviceSet
+
+    text = domain_xml(spec(devices=DeviceSet.compat))
+    golden(text, "libvirt-compat.xml")
+    root = ET.fromstring(text)
+    assert {t.get("bus") for t in root.iter("target") if t.get("dev")} == {"sata"}
+    assert root.find("devices/disk[@device='cdrom']") is not None
+    assert "virtio" not in text

@@ -186,3 +186,12 @@ def test_commas_in_paths_are_escaped() -> None:
     s = spec(disk=Path("/a,b/disk.qcow2"))
     argv = qemu_argv(s, GuestFiles.for_spec(s))
     assert "file=/a,,b/disk.qcow2,if=virtio,format=qcow2,discard=unmap" in argv
+
+
+def test_argv_compat_devices_for_windows(golden: Golden) -> None:
+    from localbuilder.hypervisor.spec import DeviceSet
+
+    golden(argv_text(spec(devices=DeviceSet.compat, forwards=(PortForward(5986, 45986),))), "qemu-compat.argv")
+    argv = qemu_argv(spec(devices=DeviceSet.compat), GuestFiles.for_spec(spec()))
+    assert not any("virtio" in a for a in argv)
+    assert "e1000,netdev=n0" in argv and "ide-cd,drive=cd0,bus=ahci.1" in argv
