@@ -1,0 +1,96 @@
+"""A fake ``build.Platform`` on FakeHypervisor + FakeCommunicator, recording what the build asked for."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from localbuilder.build import (
+    BootedGuest,
+    DeprovisionOutcome,
+    GuestRequest,
+    Inspection,
+    SourceImage,
+)
+from localbuilder.communicator.fake import FakeCommunicator
+from localbuilder.customizers import GuestOS
+from localbuilder.errors import DeprovisionError
+from localbuilder.hypervisor import GuestSpec
+from localbuilder.hypervisor.fake import FakeBehaviour, FakeGuest, FakeHypervisor
+from localbuilder.state import KeptGuest
+
+
+@dataclasses.dataclass
+class FakePlatform:
+    tmp: Path
+    # purpose ("build"/"validation") → the communicator of that guest
+    comm_for: Callable[[str], FakeCommunicator] = lambda purpose: FakeCommunicator()
+    image_os: GuestOS = GuestOS.linux
+    user_script: bool = False
+    deprovision_error: str | None = None
+    problems: tuple[str, ...] = ()
+    events: list[str] = dataclasses.field(default_factory=list)
+    requests: list[GuestRequest] = dataclasses.field(default_factory=list)
+    guests: dict[str, FakeGuest] = dataclasses.field(default_factory=dict)
+    comms: dict[str, FakeCommunicator] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.hv = FakeHypervisor(script=lambda spec: FakeBehaviour(powers_off_by_itself=True))
+        self.source = self.tmp / "source.qcow2"
+        self.source.write_bytes(b"source")
+
+    def resolve(self, source: Any) -> SourceImage:
+        self.events.append("resolve")
+        return SourceImage(self.source, "qcow2", self.image_os, "Debian:debian-12:12:latest")
+
+    @contextlib.contextmanager
+    def boot(self, request: GuestRequest) -> Iterator[BootedGuest]:
+        purpose = request.purpose
+        self.requests.append(request)
+        self.events.append(f"boot {purpose} {request.image.format}")
+        request.workdir.mkdir(parents=True, exist_ok=True)
+        guest = self.hv.start(GuestSpec(name=f"fake-{purpose}", disk=request.workdir / "disk.qcow2",
+                                        workdir=request.workdir))  # fmt: skip
+        comm = self.comm_for(purpose)
+        comm.wait_ready(request.timeout)
+        self.guests[purpose] = guest
+        self.comms[purpose] = comm
+        overlay = request.workdir / "disk.qcow2"
+        overlay.write_bytes(b"overlay")
+        booted = BootedGuest(
+            guest=guest, comm=comm, host="127.0.0.1", port=2222, user="packer",
+            key_file=request.workdir / "key", overlay=overlay, overlay_format="qcow2", serial_log=None,
+            backend="fake",
+            _keep=lambda: KeptGuest("127.0.0.1", 2222, "packer", str(request.workdir / "key"), "fake"),
+        )  # fmt: skip
+        try:
+            yield booted
+        except BaseException:
+            if booted.kept is None:
+                guest.shutdown(1)
+            raise
+        finally:
+            if booted.kept is None:
+                guest.destroy()
+                self.events.append(f"stop {purpose}")
+
+    def deprovision(self, booted: BootedGuest, *, timeout: float) -> DeprovisionOutcome:
+        self.events.append("deprovision")
+        if self.deprovision_error:
+            raise DeprovisionError(self.deprovision_error)
+        assert isinstance(booted.guest, FakeGuest)
+        booted.guest.simulate_poweroff()
+        return DeprovisionOutcome(self.user_script, 0.5, 0.25)
+
+    def convert(self, src: Path, src_format: str, dst: Path, *, size_bytes: int | None) -> int:
+        assert not self.guests["build"].is_running(), "converting a disk the guest still writes"
+        self.events.append(f"convert {src_format} size={size_bytes}")
+        dst.write_bytes(b"fixed vhd")
+        return size_bytes or 2 * 1024**3
+
+    def inspect(self, vhd: Path, build_user: str) -> Inspection:
+        self.events.append(f"inspect user={build_user}")
+        return Inspection(self.problems, {"generalized": not self.problems})
