@@ -24,8 +24,10 @@ def context(srv, model_, tmp_path: Path, *, fetched: dict[str, Path] | None = No
 
 def test_registered() -> None:
     types = registered_types()
-    for name in ("PowerShell", "WindowsRestart", "WindowsUpdate"):
+    for name in ("WindowsRestart", "WindowsUpdate"):
         assert GuestOS.windows in types[name].supported_os and GuestOS.linux not in types[name].supported_os
+    # PowerShell also runs on Linux guests, through pwsh (tests/build/test_powershell_linux.py).
+    assert types["PowerShell"].supported_os == {GuestOS.windows, GuestOS.linux}
 
 
 def test_powershell_inline_output_goes_to_the_log(wsman, tmp_path: Path) -> None:
