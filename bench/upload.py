@@ -17,37 +17,10 @@ from typing import Any
 
 from localbuilder.azure.pageblob import upload_vhd
 from localbuilder.azure.target import resolve_target
-from tests.fixtures.azurite import running_azurite
+from tests.fixtures.azurite import make_sparse_vhd, running_azurite
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
-
-
-def _make_vhd(d: Path) -> Path:
-    raw = d / "disk.raw"
-    with open(raw, "wb") as fh:
-        fh.truncate(30 * GiB)
-        for i in range(64):
-            fh.seek(i * (30 * GiB // 64) + 3 * MiB)
-            fh.write(os.urandom(8 * MiB))
-    vhd = d / "disk.vhd"
-    subprocess.run(
-        [
-            "qemu-img",
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vpc",
-            "-o",
-            "subformat=fixed,force_size=on",
-            str(raw),
-            str(vhd),
-        ],
-        check=True,
-    )
-    raw.unlink()
-    return vhd
 
 
 def _children_cpu() -> float:
@@ -72,7 +45,7 @@ def main() -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
         d = Path(tmp)
-        vhd = _make_vhd(d)
+        vhd = make_sparse_vhd(d)
         with running_azurite(d / "azurite") as az:
             from azure.storage.blob import BlobServiceClient
 

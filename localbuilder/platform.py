@@ -22,7 +22,7 @@ from localbuilder.state import KeptGuest
 log = logging.getLogger("localbuilder.platform")
 
 
-class _TimedGuest:
+class TimedGuest:
     """Wraps a Guest to time ``wait_shutdown``: the power-off part of deprovision, for the phase table."""
 
     def __init__(self, guest: Guest) -> None:
@@ -185,7 +185,7 @@ class LocalPlatform:
 
             return deprovision_for_build(booted, timeout=timeout)
 
-        timed = _TimedGuest(booted.guest)
+        timed = TimedGuest(booted.guest)
         result = deprovision_linux(booted.comm, timed, booted.user, timeout=timeout)
         return DeprovisionOutcome(
             user_script=result.user_script,

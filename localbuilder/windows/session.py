@@ -232,9 +232,10 @@ def boot_for_build(
 def deprovision_for_build(booted: BootedGuest, *, timeout: float) -> DeprovisionOutcome:
     """``Platform.deprovision`` for a Windows guest: Sysprep (or the user's script), then power-off."""
     from localbuilder.build import DeprovisionOutcome
+    from localbuilder.platform import TimedGuest
     from localbuilder.windows.sysprep import deprovision_windows
 
-    timed = _TimedGuest(booted.guest)
+    timed = TimedGuest(booted.guest)
     start = time.monotonic()
     user_script = deprovision_windows(booted.comm, timed, timeout=timeout)
     total = time.monotonic() - start
@@ -243,31 +244,3 @@ def deprovision_for_build(booted: BootedGuest, *, timeout: float) -> Deprovision
         script_seconds=max(0.0, total - timed.wait_seconds),
         poweroff_seconds=timed.wait_seconds,
     )
-
-
-class _TimedGuest:
-    """Times ``wait_shutdown`` (the power-off part of deprovision) for the build's phase table."""
-
-    def __init__(self, guest: Guest) -> None:
-        self._guest = guest
-        self.spec = guest.spec
-        self.wait_seconds = 0.0
-
-    def is_running(self) -> bool:
-        return self._guest.is_running()
-
-    def reset_count(self) -> int:
-        return self._guest.reset_count()
-
-    def wait_shutdown(self, timeout: float) -> bool:
-        start = time.monotonic()
-        try:
-            return self._guest.wait_shutdown(timeout)
-        finally:
-            self.wait_seconds += time.monotonic() - start
-
-    def shutdown(self, timeout: float) -> bool:
-        return self._guest.shutdown(timeout)
-
-    def destroy(self) -> None:
-        self._guest.destroy()

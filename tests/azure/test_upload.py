@@ -19,7 +19,7 @@ from localbuilder.azure.extents import Range
 from localbuilder.azure.pageblob import upload_vhd
 from localbuilder.azure.target import redact, resolve_target
 from localbuilder.errors import DistributeError
-from tests.fixtures.azurite import Azurite
+from tests.fixtures.azurite import Azurite, make_sparse_vhd
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -33,30 +33,7 @@ def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def big_vhd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
     """30 GiB virtual, 512 MiB of random data in 64 scattered 8 MiB blocks, as a fixed VHD."""
-    d = tmp_path_factory.mktemp("vhd")
-    raw = d / "disk.raw"
-    with open(raw, "wb") as fh:
-        fh.truncate(30 * GiB)
-        for i in range(64):
-            fh.seek(i * (30 * GiB // 64) + 3 * MiB)
-            fh.write(os.urandom(8 * MiB))
-    vhd = d / "disk.vhd"
-    subprocess.run(
-        [
-            "qemu-img",
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vpc",
-            "-o",
-            "subformat=fixed,force_size=on",
-            str(raw),
-            str(vhd),
-        ],
-        check=True,
-    )
-    raw.unlink()
+    vhd = make_sparse_vhd(tmp_path_factory.mktemp("vhd"))
     yield vhd, 512 * MiB
     vhd.unlink()
 

@@ -13,7 +13,9 @@ from localbuilder.template.model import PowerShellCustomizer
 
 
 def _ctx(comm: FakeCommunicator) -> StepContext:
-    return StepContext(index=1, comm=comm, os=GuestOS.linux, build_user="packer", deadline=time.monotonic() + 60)
+    return StepContext(
+        index=1, comm=comm, os=GuestOS.linux, build_user="packer", deadline=time.monotonic() + 60
+    )
 
 
 def _step(**kw: object) -> PowerShellCustomizer:

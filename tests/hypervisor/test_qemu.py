@@ -23,8 +23,13 @@ WORK = Path("/var/lib/lb/guest")
 
 def spec(**kw: object) -> GuestSpec:
     base: dict[str, object] = dict(
-        name="lb-test", disk=WORK / "overlay.qcow2", workdir=WORK, cpus=2, memory_mib=2048,
-        seed_iso=WORK / "seed" / "seed.iso", forwards=(PortForward(22, 40022),),
+        name="lb-test",
+        disk=WORK / "overlay.qcow2",
+        workdir=WORK,
+        cpus=2,
+        memory_mib=2048,
+        seed_iso=WORK / "seed" / "seed.iso",
+        forwards=(PortForward(22, 40022),),
     )
     base.update(kw)
     return GuestSpec(**base)  # type: ignore[arg-type]
@@ -46,8 +51,19 @@ def test_argv_bios_tcg(golden: Golden) -> None:
 
 
 def test_argv_uefi_kvm_user_network(golden: Golden) -> None:
-    golden(argv_text(spec(firmware=Firmware.uefi, accel=Accel.kvm, network=NetworkMode.user, cpus=1,
-                          memory_mib=3584, seed_iso=None)), "qemu-uefi-kvm.argv")
+    golden(
+        argv_text(
+            spec(
+                firmware=Firmware.uefi,
+                accel=Accel.kvm,
+                network=NetworkMode.user,
+                cpus=1,
+                memory_mib=3584,
+                seed_iso=None,
+            )
+        ),
+        "qemu-uefi-kvm.argv",
+    )
 
 
 def test_argv_invariants() -> None:
@@ -130,12 +146,15 @@ def test_shutdown_falls_back_to_kill(tmp_path: Path, disk: Path, monkeypatch: py
 
 
 def test_early_exit_shows_stderr(tmp_path: Path, disk: Path) -> None:
-    qemu = fake_qemu(tmp_path, """
+    qemu = fake_qemu(
+        tmp_path,
+        """
         import sys
         print("qemu-system-x86_64: -drive file=x: Could not open 'x': No such file or directory",
               file=sys.stderr)
         sys.exit(1)
-    """)
+    """,
+    )
     with pytest.raises(BackendError) as err:
         QemuHypervisor(qemu=qemu).start(spec(disk=disk, workdir=tmp_path / "w", seed_iso=None))
     assert "Could not open" in err.value.message and "exit status 1" in err.value.message
@@ -143,12 +162,15 @@ def test_early_exit_shows_stderr(tmp_path: Path, disk: Path) -> None:
 
 
 def test_port_in_use_is_its_own_error(tmp_path: Path, disk: Path) -> None:
-    qemu = fake_qemu(tmp_path, """
+    qemu = fake_qemu(
+        tmp_path,
+        """
         import sys
         print("qemu-system-x86_64: -netdev user,id=n0: "
               "Could not set up host forwarding rule 'tcp:127.0.0.1:1-:22'", file=sys.stderr)
         sys.exit(1)
-    """)
+    """,
+    )
     with pytest.raises(PortInUse):
         QemuHypervisor(qemu=qemu).start(spec(disk=disk, workdir=tmp_path / "w", seed_iso=None))
 
@@ -165,8 +187,9 @@ def test_real_qemu_rejects_bad_disk(tmp_path: Path) -> None:
     bad = tmp_path / "bad.qcow2"
     bad.write_bytes(b"this is not a qcow2 image" * 100)
     with pytest.raises(BackendError) as err:
-        QemuHypervisor().start(spec(disk=bad, workdir=tmp_path / "w", seed_iso=None,
-                                    forwards=(PortForward(22, free_port()),)))
+        QemuHypervisor().start(
+            spec(disk=bad, workdir=tmp_path / "w", seed_iso=None, forwards=(PortForward(22, free_port()),))
+        )
     assert "qcow2" in err.value.message
     assert err.value.hint and str(bad) in err.value.hint
 
@@ -191,7 +214,9 @@ def test_commas_in_paths_are_escaped() -> None:
 def test_argv_compat_devices_for_windows(golden: Golden) -> None:
     from localbuilder.hypervisor.spec import DeviceSet
 
-    golden(argv_text(spec(devices=DeviceSet.compat, forwards=(PortForward(5986, 45986),))), "qemu-compat.argv")
+    golden(
+        argv_text(spec(devices=DeviceSet.compat, forwards=(PortForward(5986, 45986),))), "qemu-compat.argv"
+    )
     argv = qemu_argv(spec(devices=DeviceSet.compat), GuestFiles.for_spec(spec()))
     assert not any("virtio" in a for a in argv)
     assert "e1000,netdev=n0" in argv and "ide-cd,drive=cd0,bus=ahci.1" in argv
