@@ -41,7 +41,7 @@ from typing import Any, Protocol
 from localbuilder import validators
 from localbuilder.communicator import Communicator
 from localbuilder.customizers import Customizer, GuestOS, StepContext, customizer_for
-from localbuilder.distributors import DistributeContext, distributor_for
+from localbuilder.distributors import AzureOptions, DistributeContext, distributor_for
 from localbuilder.errors import (
     BuildTimeout,
     Canceled,
@@ -175,6 +175,7 @@ class BuildOptions:
     prompt: Callable[[str], str] | None = None  # for --on-error ask; None = input() on a TTY
     interactive: bool | None = None  # None: stdin is a TTY
     runs_root: Path | None = None  # default paths.runs_dir()
+    azure: AzureOptions = AzureOptions()  # --staging / --staging-account-id / --dry-run-azure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,6 +292,7 @@ class Build:
         self.interrupts = _Interrupts(self.deadline, self.run.cancel_file)
         self.fetched: dict[str, Path] = {}
         self.user_deprovision = False
+        self.source_image: SourceImage | None = None  # OS type + Hyper-V generation for Azure targets
 
     # -- state ------------------------------------------------------------------------------------------
 
@@ -387,6 +389,7 @@ class Build:
                 self._preflight()
                 self.fetched = self._fetch()
                 image = self.platform.resolve(tpl.source)
+                self.source_image = image
         self.interrupts.check()
         if validate is not None and validate.source_validation_only:
             # "The image specified in source is validated directly; no separate build" (swagger).
@@ -707,6 +710,10 @@ class Build:
             force=self.options.force,
             run_id=self.run.run_id,
             template_name=self.template.name,
+            azure=self.options.azure,
+            os_type="Windows" if self.os is GuestOS.windows else "Linux",
+            generation="V2" if self.source_image is not None and self.source_image.uefi else "V1",
+            source_version=getattr(self.template.source, "version", None),
         )
 
     def _distribute(self, vhd: Path) -> list[RunOutput]:

@@ -19,7 +19,7 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from localbuilder.errors import CommandError, InspectionError
 from localbuilder.run import run
@@ -178,3 +178,28 @@ def check_agent(reader: Reader) -> list[ReadinessFinding]:
 
 def check_readiness(reader: Reader) -> list[ReadinessFinding]:
     return check_hyperv_drivers(reader) + check_serial_console(reader) + check_agent(reader)
+
+
+def open_root(image: Path) -> Reader | None:
+    """A reader on the Linux root filesystem of a fixed VHD or raw image, or None when there is none.
+
+    A fixed VHD is the raw disk followed by a 512-byte footer (``conectix``), so debugfs reads it in
+    place at the partition's offset: no conversion, no copy. The root is the first ext partition that
+    holds ``/etc/passwd`` (a separate ``/boot`` is ext too, but has no ``/etc``).
+    """
+    from localbuilder.inspect import Ext4Reader, ReadAt, detect_filesystem, parse_partitions
+
+    size = image.stat().st_size
+    with open(image, "rb") as fh:
+        fh.seek(max(0, size - 512))
+        tail = fh.read(512)
+    disk_size = size - 512 if tail[:8] == b"conectix" else size
+    read_at = ReadAt(image, disk_size)
+    for part in parse_partitions(read_at, disk_size):
+        if detect_filesystem(read_at, part.start).startswith("ext"):
+            fs = Ext4Reader(image, part.start)
+            if fs.read_text("/etc/passwd") is not None:
+                # Ext4Reader.listdir returns dict[str, Entry]: the Protocol's dict[str, object] is the
+                # read-only view the checks need (dict is invariant, hence the cast).
+                return cast(Reader, fs)
+    return None

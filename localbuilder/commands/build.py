@@ -6,8 +6,10 @@ import argparse
 import json
 import logging
 import sys
+import urllib.parse
 from pathlib import Path
 
+from localbuilder.distributors import AzureOptions
 from localbuilder.errors import TemplateError, UsageError
 
 NAME = "build"
@@ -54,6 +56,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="overwrite existing output VHDs")
     parser.add_argument("--strict", action="store_true", help="also stop on what Azure would reject")
+    parser.add_argument(
+        "--staging", metavar="CONTAINER_URL",
+        help="blob container for ManagedImage/SharedImage uploads (with a SAS, or AZURE_STORAGE_KEY / "
+             "AZURE_STORAGE_CONNECTION_STRING in the environment)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--staging-account-id", metavar="ID",
+        help="resource id of the staging storage account (needed for SharedImage gallery versions)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dry-run-azure", action="store_true",
+        help="print the az commands that would create the images instead of calling the Compute API",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the final state.json to stdout")
 
 
@@ -65,6 +80,34 @@ def _params(items: list[str]) -> dict[str, str]:
             raise UsageError(f"--param {item!r}: expected KEY=VALUE", hint="e.g. --param imageName=web01")
         out[key] = value
     return out
+
+
+def _azure_options(args: argparse.Namespace) -> AzureOptions:
+    from localbuilder.azure.target import redact, strip_query
+
+    staging = args.staging
+    if staging:
+        parts = urllib.parse.urlsplit(staging)
+        if parts.scheme not in ("http", "https") or not parts.path.strip("/"):
+            raise UsageError(
+                f"--staging {redact(strip_query(staging))}: not a blob container URL",
+                hint="Use https://ACCOUNT.blob.core.windows.net/CONTAINER[?SAS]",
+            )
+    account = args.staging_account_id
+    if account and "/providers/microsoft.storage/storageaccounts/" not in account.lower():
+        raise UsageError(
+            f"--staging-account-id {account!r} is not a storage account resource id",
+            hint="Use /subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Storage/storageAccounts/NAME",
+        )
+    # --json owns stdout: the dry-run commands then go to stderr.
+    emit = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    return AzureOptions(
+        staging=staging,
+        staging_account_id=account,
+        dry_run=args.dry_run_azure,
+        emit=emit,
+        upload_progress=sys.stderr.isatty() and not args.quiet,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,11 +152,13 @@ def run(args: argparse.Namespace) -> int:
         network=args.network,
         progress=sys.stderr.isatty() and not args.quiet,
     )
+    azure = _azure_options(args)
     options = BuildOptions(
         output_dir=args.output_dir,
         on_error=OnError(args.on_error) if args.on_error else None,
         allow_any_destination=args.allow_any_destination,
         force=args.force,
+        azure=azure,
     )
     record = Build(template, args.template.absolute(), platform, options).execute()
     if args.json:

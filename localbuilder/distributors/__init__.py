@@ -3,9 +3,9 @@
 Each target is independent, as in AIB: one failing target does not stop the others, and the run ends
 ``PartiallySucceeded`` when some targets failed. The orchestrator converts the generalized disk to one
 verified fixed VHD; distributors place it (``<output-dir>/<runOutputName>.vhd``) and, for Azure
-targets, would upload it. Until Azure distribution lands, ManagedImage/SharedImage targets (and a VHD
-target with a blob ``uri``) produce the local VHD plus an explicit "not uploaded" note and count as not
-succeeded — never a silent success.
+targets, upload it (``azure_image.py``, ``vhd.py``). Without the Azure options (``--staging`` /
+``--dry-run-azure``) ManagedImage/SharedImage targets produce the local VHD plus an explicit "not
+uploaded" note naming the option, and count as not succeeded — never a silent success.
 """
 
 from __future__ import annotations
@@ -17,16 +17,36 @@ import importlib
 import logging
 import os
 import pkgutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from localbuilder.errors import DistributeError
 from localbuilder.run import run
 from localbuilder.state import RunOutput
 
+if TYPE_CHECKING:
+    from localbuilder.azure.compute import Compute
+
 log = logging.getLogger("localbuilder.distributors")
 
-NOT_UPLOADED = "not uploaded (Azure distribution not implemented yet)"
+NOT_UPLOADED = (
+    "not uploaded (pass --staging CONTAINER_URL to upload it and create the image, or --dry-run-azure)"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class AzureOptions:
+    """``build --staging/--staging-account-id/--dry-run-azure``. ``staging`` may hold a SAS: repr hidden."""
+
+    staging: str | None = dataclasses.field(default=None, repr=False)  # blob container URL
+    staging_account_id: str | None = None  # .../Microsoft.Storage/storageAccounts/NAME (gallery versions)
+    dry_run: bool = False  # print the az commands instead of calling the Compute API
+    # subscription id → Compute client; None = SdkCompute with DefaultAzureCredential. Tests inject the
+    # SDK with a fake transport here.
+    compute_factory: Callable[[str], Compute] | None = None
+    emit: Callable[[str], None] = print  # where --dry-run-azure prints its commands
+    upload_progress: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +56,10 @@ class DistributeContext:
     force: bool  # overwrite existing output files
     run_id: str
     template_name: str
+    azure: AzureOptions = AzureOptions()
+    os_type: str = "Linux"  # Linux | Windows (Azure's osType spelling)
+    generation: str = "V1"  # Hyper-V generation of the source image (catalog): V1 | V2
+    source_version: str | None = None  # the source image's version (versioning scheme "Source")
 
 
 class Distributor(abc.ABC):

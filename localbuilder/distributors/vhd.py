@@ -1,8 +1,13 @@
-"""VHD distributor: ``<output-dir>/<runOutputName>.vhd``, a verified fixed VHD Azure accepts."""
+"""VHD distributor: ``<output-dir>/<runOutputName>.vhd``, a verified fixed VHD Azure accepts.
+
+With ``uri`` (API 2022-07-01+) AIB writes the VHD to that blob; so do we: a sparse page-blob upload
+(SAS in the uri, else AZURE_STORAGE_KEY / AZURE_STORAGE_CONNECTION_STRING / Entra ID). The run output's
+``artifactUri`` is then the blob URL without its query string, so no SAS reaches state.json.
+"""
 
 from __future__ import annotations
 
-from localbuilder.distributors import NOT_UPLOADED, DistributeContext, Distributor, place
+from localbuilder.distributors import DistributeContext, Distributor, place
 from localbuilder.state import RunOutput
 
 
@@ -11,17 +16,15 @@ class Vhd(Distributor, type_name="VHD"):
         dst = self.output_path(ctx)
         place(ctx.vhd, dst, force=ctx.force)
         uri = getattr(self.target, "uri", None)
-        note = ""
-        state = "Succeeded"
+        artifact_uri = dst.absolute().as_uri()
         if uri:
-            # API 2022-07-01+ lets a VHD target name a blob; AIB writes the VHD there. We cannot yet.
-            note = f"{NOT_UPLOADED}: the VHD for {uri.split('?')[0]} is at {dst}"
-            state = "Failed"
+            from localbuilder.distributors._azure import upload
+
+            artifact_uri = upload(ctx, dst, uri, f"VHD '{self.run_output_name}' uri")
         return RunOutput(
             name=self.run_output_name,
             type=self.type_name,
-            provisioning_state=state,
-            artifact_uri=dst.absolute().as_uri(),
+            provisioning_state="Succeeded",
+            artifact_uri=artifact_uri,
             artifact_tags=dict(self.target.artifact_tags),
-            note=note,
         )
