@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from localbuilder.__main__ import main
 from localbuilder.azure.extents import Range
 from localbuilder.azure.pageblob import upload_vhd
 from localbuilder.azure.target import redact, resolve_target
+from localbuilder.disk import to_fixed_vhd
 from localbuilder.errors import DistributeError
 from tests.fixtures.azurite import Azurite, make_sparse_vhd
 
@@ -129,21 +129,7 @@ def test_wrong_key_is_a_clear_error_without_secrets(azurite: Azurite, tmp_path: 
     with open(raw, "wb") as fh:
         fh.truncate(4 * MiB)
         fh.write(b"x" * 4096)
-    subprocess.run(
-        [
-            "qemu-img",
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vpc",
-            "-o",
-            "subformat=fixed,force_size=on",
-            str(raw),
-            str(vhd),
-        ],
-        check=True,
-    )
+    to_fixed_vhd(raw, "raw", vhd, progress=False)
     bad_key = "A" * 86 + "=="
     rc = main(["upload", str(vhd), "--to", azurite.blob_url("vhds", "x.vhd"), "--account-key", bad_key])
     err = capsys.readouterr().err
