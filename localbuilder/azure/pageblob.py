@@ -184,7 +184,6 @@ def upload_vhd(
     sent = 0
     resumed = 0
     requests = 0
-    lock = threading.Lock()
 
     def put(rng: Range, data: bytes) -> int:
         client.upload_page(data, offset=rng.offset, length=rng.length, validate_content=True)
@@ -193,7 +192,6 @@ def upload_vhd(
             on_sent(rng)
         return rng.length
 
-    ok = False
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
             pending: set[concurrent.futures.Future[int]] = set()
@@ -209,23 +207,22 @@ def upload_vhd(
                     done, pending = concurrent.futures.wait(pending, return_when="FIRST_COMPLETED")
                     for fut in done:
                         n = fut.result()
-                        with lock:
-                            sent += n
-                            requests += 1
+                        # Results are collected here, in the reading thread: no lock needed.
+                        sent += n
+                        requests += 1
                 pending.add(pool.submit(put, rng, bytes(data)))
             for fut in concurrent.futures.as_completed(pending):
                 n = fut.result()
                 sent += n
                 requests += 1
         sparse_sha256 = local_digest.hexdigest()
-        ok = True
     except AzureError as exc:
         raise _sdk_error(exc, "upload failed for", url) from exc
     finally:
         bar.close()
         journal.close(remove=False)
 
-    verified = _verify(client, path, size, verify, sparse_sha256) if ok else "none"
+    verified = _verify(client, path, size, verify, sparse_sha256)
     try:
         client.set_blob_metadata({"localbuilder_sparse_sha256": sparse_sha256})
     except AzureError as exc:
