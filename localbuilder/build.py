@@ -29,16 +29,17 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from localbuilder import validators
+from localbuilder import checkpoints, validators
 from localbuilder.communicator import Communicator
 from localbuilder.customizers import Customizer, GuestOS, StepContext, customizer_for
 from localbuilder.distributors import AzureOptions, DistributeContext, distributor_for
@@ -51,20 +52,25 @@ from localbuilder.errors import (
     DeprovisionError,
     InspectionError,
     LocalBuilderError,
+    UsageError,
 )
-from localbuilder.fetch import FetchRequest, fetch_all
+from localbuilder.fetch import FetchRequest, fetch_all, redact
 from localbuilder.hypervisor import Guest
 from localbuilder.log import add_file_handler, complete_step, format_duration, remove_handler
+from localbuilder.recovery import release_short_workdirs
 from localbuilder.runlog import CustomizationLog, phase_table
 from localbuilder.state import (
+    ActiveGuest,
     KeptGuest,
     PhaseTiming,
+    ProcessInfo,
     RunDir,
     RunOutput,
     RunRecord,
     RunState,
     RunSubState,
     now_iso,
+    write_json_atomic,
 )
 from localbuilder.template import model
 
@@ -77,12 +83,17 @@ CLOUD_INIT_WAIT_SECONDS = 10 * 60
 # 108-byte sun_path minus "/lb-XXXXXXXXXX/qmp.sock" (23) and some slack for the backend's own names.
 MAX_WORKDIR_BYTES = 75
 CANCELED_MESSAGE = "the build was canceled; nothing was left running"
+INVOCATION_FILE = "invocation.json"
 
 
 class OnError(enum.StrEnum):
     cleanup = "cleanup"  # stop and delete the guest (AIB's default)
     abort = "abort"  # keep the guest running for inspection (AIB keeps the build VM)
     ask = "ask"  # on a terminal: retry the step / keep the guest / clean up
+
+
+# Saving a checkpoint: ~0.5 s pause + the memory write under TCG here (FACTS §3e).
+CHECKPOINT_SECONDS = 5 * 60
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -113,6 +124,9 @@ class BootedGuest:
     serial_log: Path | None
     backend: str
     kept: KeptGuest | None = None
+    host_keys: tuple[str, ...] = ()  # pinned SSH host keys (kept with a live checkpoint)
+    seed_iso: Path | None = None  # the seed the guest booted with (a live resume needs the same one)
+    layers: int = 0  # live checkpoints taken so far: each put a new overlay on top
     _keep: Callable[[], KeptGuest] | None = None
 
     def keep(self) -> KeptGuest:
@@ -131,6 +145,7 @@ class GuestRequest:
     vm_size: str
     purpose: str  # "build" | "validation"
     timeout: float  # SSH readiness bound (the remaining build time caps it)
+    checkpoint: checkpoints.Entry | None = None  # continue from this checkpoint instead of the image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +176,18 @@ class Platform(Protocol):
 
     def inspect(self, vhd: Path, build_user: str) -> Inspection: ...
 
+    def checkpoint_traits(self, image: SourceImage) -> Mapping[str, Any] | None:
+        """What besides the template shapes a booted guest (backend, accelerator, network …), for the
+        checkpoint keys; None when this platform cannot take checkpoints of ``image``'s guests."""
+        ...
+
+    def checkpoint(
+        self, booted: BootedGuest, staging: Path, *, backing: Path, backing_format: str, timeout: float
+    ) -> checkpoints.LiveMeta | None:
+        """Freeze the guest's disk into ``staging/disk.qcow2`` (rebased onto ``backing``) and, where the
+        backend can, its memory for a live resume (then returns what that resume needs)."""
+        ...
+
 
 # ---------------------------------------------------------------------------------------------------------
 
@@ -176,6 +203,9 @@ class BuildOptions:
     interactive: bool | None = None  # None: stdin is a TTY
     runs_root: Path | None = None  # default paths.runs_dir()
     azure: AzureOptions = AzureOptions()  # --staging / --staging-account-id / --dry-run-azure
+    use_cache: bool = True  # False: --no-cache (neither use nor store customizer checkpoints)
+    resume_run: Path | None = None  # --resume: continue this (failed) run directory instead of a new one
+    invocation: Mapping[str, Any] | None = None  # the CLI arguments, kept as invocation.json for --resume
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,7 +309,14 @@ class Build:
         self.template_file = template_file
         self.platform = platform
         self.options = options
-        self.run = RunDir.create(template.name, template_file, root=options.runs_root)
+        self.resumed: RunRecord | None = None
+        if options.resume_run is not None:
+            self.run, self.resumed = self._reopen(options.resume_run)
+        else:
+            self.run = RunDir.create(template.name, template_file, root=options.runs_root)
+        if options.invocation is not None:
+            # What --resume needs to run this build again; the CLI leaves secrets (SAS, keys) out.
+            write_json_atomic(self.run.path / INVOCATION_FILE, dict(options.invocation))
         self.record = self.run.read()
         self.phases: list[PhaseTiming] = []
         self.output_dir = (options.output_dir or self.run.path / "outputs").absolute()
@@ -291,10 +328,43 @@ class Build:
         self.deadline = time.monotonic() + self.timeout_seconds
         self.interrupts = _Interrupts(self.deadline, self.run.cancel_file)
         self.fetched: dict[str, Path] = {}
+        self.digests: dict[str, str] = {}  # uri → sha256 of what was fetched (checkpoint keys)
+        self.chain: checkpoints.BuildChain | None = None
+        self.checkpoint_seconds = 0.0
         self.user_deprovision = False
         self.source_image: SourceImage | None = None  # OS type + Hyper-V generation for Azure targets
 
     # -- state ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _reopen(path: Path) -> tuple[RunDir, RunRecord]:
+        """``--resume``: the same run directory, state back to Running; the steps that succeeded last
+        time come back from their checkpoints."""
+        run = RunDir(path.absolute())
+        previous = run.read()
+        if not previous.run_state.finished:
+            raise UsageError(
+                f"run {previous.run_id} is still {previous.run_state}",
+                hint=f"Wait for it, or stop it with 'localbuilder cancel {previous.run_id}'.",
+            )
+        if previous.run_state is RunState.Succeeded:
+            raise UsageError(f"run {previous.run_id} succeeded: there is nothing to resume",
+                             hint="Build the template again instead.")
+        kept = previous.kept_guest
+        pid = kept.pid if kept is not None else None
+        if pid is not None and ProcessInfo(pid, socket.gethostname()).is_alive():
+            raise UsageError(
+                f"run {previous.run_id} still has its failed guest running (--on-error abort)",
+                hint=f"Stop it first: localbuilder cancel {previous.run_id}",
+            )
+        run.cancel_file.unlink(missing_ok=True)
+        record = dataclasses.replace(
+            previous, process=ProcessInfo.current(), failed_step=None, kept_guest=None, run_outputs=(),
+            phases=(),
+        ).with_status(start_time=now_iso(), run_state=RunState.Running, run_sub_state=RunSubState.Queued,
+                      message="", end_time=None)
+        run.write(record)
+        return run, previous
 
     def _save(self) -> None:
         self.record = dataclasses.replace(self.record, phases=tuple(self.phases))
@@ -324,6 +394,11 @@ class Build:
     def execute(self) -> RunRecord:
         handler = add_file_handler(self.run.build_log)
         log.info("run %s of %s (run directory %s)", self.run.run_id, self.template.name, self.run.path)
+        if self.resumed is not None:
+            was = self.resumed.last_run_status
+            first = was.message.splitlines()[0] if was.message else ""
+            self.clog.event(f"resuming run {self.run.run_id} (it ended {was.run_state}: {first})")
+            log.info("resuming run %s (it ended %s)", self.run.run_id, was.run_state)
         final: tuple[RunState, str] = (RunState.Failed, "")
         try:
             with self.interrupts:
@@ -356,9 +431,23 @@ class Build:
                     self.interrupts.disarm()
                     self._finish(*final)
         finally:
+            self._release_checkpoints()
             self.clog.close()
             remove_handler(handler)
         return self.record
+
+    def _release_checkpoints(self) -> None:
+        chain, self.chain = self.chain, None
+        if chain is None:
+            return
+        try:
+            result = chain.close(prune_to=checkpoints.default_max_size())
+        except (OSError, LocalBuilderError) as exc:
+            log.warning("could not prune the checkpoint cache: %s", exc)
+            return
+        if result is not None and result.removed:
+            log.info("checkpoint cache: removed %d old checkpoints (%.1f GiB) to stay under %s",
+                     len(result.removed), result.freed / 1024**3, checkpoints.MAX_SIZE_ENV)
 
     def _timeout_message(self) -> str:
         return (
@@ -369,6 +458,10 @@ class Build:
     def _finish(self, state: RunState, message: str) -> None:
         if state is RunState.Failed and self.interrupts.reason == "cancel":
             state, message = RunState.Canceled, CANCELED_MESSAGE
+        # Every guest has stopped by now (a kept one is recorded in keptGuest instead).
+        self.record = dataclasses.replace(self.record, guest=None)
+        if self.record.kept_guest is None:
+            release_short_workdirs(self.run.path)
         self.record = self.record.with_status(run_state=state, message=message, end_time=now_iso())
         self._save()
         self.clog.event(f"run ended: {state}" + (f": {message.splitlines()[0]}" if message else ""))
@@ -459,7 +552,8 @@ class Build:
         fetched = fetch_all(requests, base_dir=self.template_file.parent)
         for f in fetched.values():
             cached = ", cached" if f.cached else ""
-            self.clog.event(f"fetched {f.uri} sha256={f.sha256} ({f.size} bytes{cached})")
+            self.clog.event(f"fetched {redact(f.uri)} sha256={f.sha256} ({f.size} bytes{cached})")
+        self.digests = {uri: f.sha256 for uri, f in fetched.items()}
         return {uri: f.path for uri, f in fetched.items()}
 
     def _sections(self) -> list[tuple[str, Sequence[Any]]]:
@@ -480,6 +574,10 @@ class Build:
         preferred = self.run.path / f"vm-{purpose}"
         if len(os.fsencode(preferred)) <= MAX_WORKDIR_BYTES:
             return preferred
+        n = 1
+        while preferred.exists() or preferred.is_symlink():  # a resumed run keeps the last attempt's logs
+            n += 1
+            preferred = self.run.path / f"vm-{purpose}-{n}"
         short = Path(tempfile.mkdtemp(prefix="lb-", dir="/var/tmp"))
         preferred.symlink_to(short, target_is_directory=True)
         log.debug("guest work directory %s (linked from %s: too long for sockets)", short, preferred)
@@ -501,12 +599,16 @@ class Build:
         return FailurePolicy(mode, self.options.prompt)
 
     @contextlib.contextmanager
-    def _booted(self, image: SourceImage, purpose: str) -> Iterator[BootedGuest]:
+    def _booted(
+        self, image: SourceImage, purpose: str, checkpoint: checkpoints.Entry | None = None
+    ) -> Iterator[BootedGuest]:
         self._sub_state(RunSubState.Building if purpose == "build" else RunSubState.Validating)
         start = time.monotonic()
         ok = False
-        with complete_step(f"Booting {image.label} ({purpose} guest)"):
-            cm = self.platform.boot(self._guest_request(image, purpose))
+        what = f"the checkpoint after {checkpoint.meta.title}" if checkpoint is not None else image.label
+        with complete_step(f"Booting {what} ({purpose} guest)"):
+            request = dataclasses.replace(self._guest_request(image, purpose), checkpoint=checkpoint)
+            cm = self.platform.boot(request)
             try:
                 booted = cm.__enter__()
                 ok = True
@@ -518,16 +620,38 @@ class Build:
                 self.phases.append(PhaseTiming(name, time.monotonic() - start, ok))
                 self._save()
         try:
-            self._after_boot(booted)
-            yield booted
-        except BaseException as exc:
-            if not cm.__exit__(type(exc), exc, exc.__traceback__):
-                raise
-        else:
-            cm.__exit__(None, None, None)
+            try:
+                self._after_boot(booted)
+                yield booted
+            except BaseException as exc:
+                if not cm.__exit__(type(exc), exc, exc.__traceback__):
+                    raise
+            else:
+                cm.__exit__(None, None, None)
+        finally:
+            self._after_guest_gone()
 
     def _after_boot(self, booted: BootedGuest) -> None:
         self.clog.event(f"guest up: ssh {booted.user}@{booted.host}:{booted.port}")
+        # Recorded so that a SIGKILLed build's guest is found and stopped on the next start
+        # (localbuilder.recovery); cleared by _after_guest_gone/_finish.
+        guest = booted.guest
+        pid = getattr(guest, "pid", None) if booted.backend == "qemu" else None
+        uri = getattr(self.platform, "libvirt_uri", None) if booted.backend == "libvirt" else None
+        validating = self.record.last_run_status.run_sub_state is RunSubState.Validating
+        purpose = "validation" if validating else "build"
+        active = ActiveGuest.for_process(
+            booted.backend, guest.spec.name, guest.spec.workdir, purpose,
+            pid if isinstance(pid, int) else None, uri if isinstance(uri, str) else None,
+        )  # fmt: skip
+        self.record = dataclasses.replace(self.record, guest=active)
+        self._save()
+
+    def _after_guest_gone(self) -> None:
+        """Call when a ``_booted`` guest has been stopped (its context exited): nothing to recover."""
+        if self.record.guest is not None:
+            self.record = dataclasses.replace(self.record, guest=None)
+            self._save()
 
     def _cloud_init_wait(self, ctx: StepContext) -> None:
         # FACTS §3c: after a reboot cloud-init finishes its stages again before the next step.
@@ -545,9 +669,20 @@ class Build:
             )
         vhd = self.run.path / "image.vhd"
         policy = self._policy(tpl.error_handling.on_customizer_error)
-        with self._booted(image, "build") as booted:
+        self.chain = self._checkpoint_chain(image)
+        restore = self.chain.restore_point() if self.chain is not None else None
+        with self._booted(image, "build", restore) as booted:
             self._sub_state(RunSubState.Customizing)
-            self._run_steps("customize", tpl.customize, booted, policy)
+            first = 0
+            if restore is not None:
+                first = restore.meta.depth
+                self._note_restored(restore)
+            else:
+                self._save_checkpoint(0, booted)
+            self._run_steps("customize", tpl.customize, booted, policy, first=first,
+                            on_success=lambda index: self._save_checkpoint(index + 1, booted))
+            if self.checkpoint_seconds:
+                self.phases.append(PhaseTiming("checkpoints", self.checkpoint_seconds))
             self.interrupts.check()
             self._deprovision(booted, policy)
             self._sub_state(RunSubState.Optimizing)
@@ -572,6 +707,84 @@ class Build:
                     "generalization.json in the run directory.",
                 )
         return vhd
+
+    # -- checkpoints (localbuilder.checkpoints) ----------------------------------------------------------
+
+    def _checkpoint_chain(self, image: SourceImage) -> checkpoints.BuildChain | None:
+        if not self.options.use_cache:
+            self.clog.event("checkpoints: off (--no-cache)")
+            return None
+        if image.os is not GuestOS.linux:
+            return None  # Windows guests: not yet (nothing to test them on here; docs/windows.md)
+        traits = self.platform.checkpoint_traits(image)
+        if traits is None:
+            return None
+        try:
+            st = image.path.stat()
+        except OSError:
+            return None
+        base = {
+            # The catalog stores images under their digest; size + mtime catch an in-place change.
+            "source": {"path": str(image.path.absolute()), "format": image.format, "size": st.st_size,
+                       "mtime_ns": st.st_mtime_ns},
+            "diskBytes": self._disk_size(),
+            "uefi": image.uefi,
+            "vmSize": self.template.vm_profile.vm_size,
+            "os": str(image.os),
+            **traits,
+        }  # fmt: skip
+        steps = list(self.template.customize)
+        digests = [
+            {uri: self.digests[uri] for attr in ("script_uri", "source_uri")
+             if (uri := getattr(step, attr, None)) and uri in self.digests}
+            for step in steps
+        ]  # fmt: skip
+        titles = ["booted source"] + [customizer_for(s).describe(i, "customize") for i, s in enumerate(steps)]
+        return checkpoints.BuildChain(
+            checkpoints.CheckpointCache(), checkpoints.chain_keys(base, steps, digests), titles,
+            template=self.template.name, run_id=self.run.run_id, source=image.path.absolute(),
+            source_format=image.format,
+        )
+
+    def _note_restored(self, entry: checkpoints.Entry) -> None:
+        """Record which steps did not run because the checkpoint already holds their result."""
+        kind = "live" if entry.meta.live is not None else "disk"
+        for index, step in enumerate(self.template.customize[: entry.meta.depth]):
+            title = customizer_for(step).describe(index, "customize")
+            self.clog.event(f"{title}: restored from checkpoint {entry.key[:12]} (not run again)")
+        log.info("continuing from the %s checkpoint after %s (%s, saved by run %s): %d of %d steps to run",
+                 kind, entry.meta.title, entry.key[:12], entry.meta.run_id or "?",
+                 len(self.template.customize) - entry.meta.depth, len(self.template.customize))
+
+    def _save_checkpoint(self, depth: int, booted: BootedGuest) -> None:
+        chain = self.chain
+        if chain is None or not chain.enabled:
+            return
+        start = time.monotonic()
+        title = chain.titles[depth]
+
+        def capture(staging: Path, backing: Path, backing_format: str) -> checkpoints.LiveMeta | None:
+            return self.platform.checkpoint(booted, staging, backing=backing, backing_format=backing_format,
+                                            timeout=min(CHECKPOINT_SECONDS, self.remaining()))
+
+        try:
+            with complete_step(f"Saving a checkpoint after {title}"):
+                entry = chain.save(depth, capture)
+        except (BuildTimeout, Canceled):
+            raise
+        except (LocalBuilderError, OSError) as exc:
+            # A checkpoint is an optimization: the build goes on without (later ones would lack a parent).
+            chain.enabled = False
+            message = exc.message if isinstance(exc, LocalBuilderError) else str(exc)
+            log.warning("could not save a checkpoint after %s (%s); continuing without checkpoints",
+                        title, message)
+            self.clog.event(f"checkpoint after {title} failed: {message}")
+            return
+        finally:
+            self.checkpoint_seconds += time.monotonic() - start
+        if entry is not None:
+            self.clog.event(f"checkpoint {entry.key[:12]} after {title} "
+                            f"({'live' if entry.meta.live else 'disk only'})")
 
     def _disk_size(self) -> int | None:
         size_gb = self.template.vm_profile.os_disk_size_gb
@@ -623,8 +836,13 @@ class Build:
         booted: BootedGuest,
         policy: FailurePolicy,
         factory: Callable[[Any], Customizer] = customizer_for,
+        *,
+        first: int = 0,
+        on_success: Callable[[int], None] | None = None,
     ) -> None:
         for index, step in enumerate(steps):
+            if index < first:
+                continue  # restored from a checkpoint (see _note_restored)
             self.interrupts.check()
             customizer = factory(step)
             title = customizer.describe(index, section)
@@ -648,6 +866,8 @@ class Build:
                 if error is None:
                     break
                 self._on_failure(title, error, booted, policy)  # returns only to retry
+            if on_success is not None:
+                on_success(index)
 
     def _on_failure(
         self, step: str, error: LocalBuilderError, booted: BootedGuest, policy: FailurePolicy

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -151,6 +152,24 @@ def create_overlay(base: Path, base_format: str, dst: Path, size_bytes: int | No
             hint=_space_hint(dst) if _is_enospc(exc.stderr_tail) else "Is the directory writable?",
         ) from exc
     return qemu_img_info(dst, "qcow2")
+
+
+def copy_layer(src: Path, dst: Path, backing: Path, backing_format: str) -> None:
+    """Copy the qcow2 layer ``src`` (an image nobody writes any more) to ``dst`` and point its header
+    at ``backing``. The copy keeps only this layer's clusters; ``rebase -u`` rewrites nothing but the
+    backing file name, which is right because ``backing`` holds the same data as the old one."""
+    shutil.copyfile(src, dst)
+    os.chmod(dst, 0o600)
+    argv: list[str | os.PathLike[str]] = [
+        "qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-F", backing_format, "-b", backing.absolute(), dst,
+    ]  # fmt: skip
+    try:
+        run(argv)
+    except CommandError as exc:
+        raise ConversionError(
+            f"cannot point the checkpoint layer {dst} at {backing}: {exc.stderr_tail.strip()}",
+            hint=_space_hint(dst) if _is_enospc(exc.stderr_tail) else "Is the cache directory writable?",
+        ) from exc
 
 
 def _is_enospc(text: str) -> bool:

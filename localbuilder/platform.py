@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from localbuilder.build import BootedGuest, DeprovisionOutcome, GuestRequest, Inspection, SourceImage
+from localbuilder.checkpoints import KEY, SEED, STATE, Entry, LiveMeta
 from localbuilder.customizers import GuestOS
+from localbuilder.errors import BackendError
 from localbuilder.hypervisor import Guest
 from localbuilder.log import complete_step
 from localbuilder.state import KeptGuest
@@ -66,6 +69,7 @@ class LocalPlatform:
         self.network = network
         self.progress = progress
         self._accel: Any = None
+        self._qemu_version: str | None = None
 
     def resolve(self, source: Any) -> SourceImage:
         from localbuilder.catalog import Catalog, Generation
@@ -86,8 +90,98 @@ class LocalPlatform:
             self._accel = resolve_accel(self.accel_request)
         return self._accel
 
+    # -- checkpoints --------------------------------------------------------------------------------
+
+    def checkpoint_traits(self, image: SourceImage) -> Mapping[str, Any] | None:
+        if image.os is not GuestOS.linux:
+            return None  # Windows guests: not yet (no way to test them here; see docs/windows.md)
+        if self.backend != "qemu":
+            log.info("checkpoints need the direct QEMU backend (--hypervisor qemu); building without them")
+            return None
+        return {"backend": self.backend, "accel": str(self._accel_value().value), "network": self.network}
+
+    def qemu_version(self) -> str:
+        if self._qemu_version is None:
+            from localbuilder.run import run
+
+            out = run(["qemu-system-x86_64", "--version"]).stdout
+            self._qemu_version = out.splitlines()[0].strip() if out else "unknown"
+        return self._qemu_version
+
+    def checkpoint(
+        self, booted: BootedGuest, staging: Path, *, backing: Path, backing_format: str, timeout: float
+    ) -> LiveMeta | None:
+        from localbuilder.disk import copy_layer
+        from localbuilder.hypervisor import Firmware
+
+        guest = booted.guest
+        capture = getattr(guest, "checkpoint", None)
+        frozen = getattr(guest, "top_image", None)
+        if capture is None or not isinstance(frozen, Path):
+            raise BackendError(f"the {self.backend} backend cannot take checkpoints")
+        # Live only where a resume can rebuild the same machine: BIOS guests with a seed (UEFI would also
+        # need its variable store frozen; disk-only checkpoints still work there).
+        live = booted.seed_iso is not None and guest.spec.firmware is Firmware.bios
+        booted.layers += 1
+        new_top = frozen.parent / f"disk-{booted.layers}.qcow2"
+        try:
+            capture(new_top, staging / STATE if live else None, timeout=timeout)
+        finally:
+            top = getattr(guest, "top_image", frozen)
+            booted.overlay = top if isinstance(top, Path) else frozen  # where the guest writes now
+        copy_layer(frozen, staging / "disk.qcow2", backing, backing_format)
+        if not live:
+            return None
+        assert booted.seed_iso is not None
+        shutil.copyfile(booted.seed_iso, staging / SEED)
+        shutil.copyfile(booted.key_file, staging / KEY)
+        for name in (SEED, KEY, STATE):
+            (staging / name).chmod(0o600)
+        spec = guest.spec
+        return LiveMeta(user=booted.user, host_keys=booted.host_keys, cpus=spec.cpus,
+                        memory_mib=spec.memory_mib, accel=str(spec.accel.value),
+                        qemu_version=self.qemu_version())
+
+    def _live_state(self, entry: Entry, cpus: int, memory_mib: int) -> Any:
+        live = entry.meta.live
+        state = entry.live_state()
+        if live is None or state is None:
+            return None
+        if self.backend != "qemu" or (live.cpus, live.memory_mib) != (cpus, memory_mib):
+            return None
+        if live.accel != str(self._accel_value().value) or live.qemu_version != self.qemu_version():
+            log.info("the checkpoint's memory was saved by %s (%s); booting its disk instead",
+                     live.qemu_version, live.accel)
+            return None
+        return state
+
+    # -- guests --------------------------------------------------------------------------------------
+
     @contextlib.contextmanager
     def boot(self, request: GuestRequest) -> Iterator[BootedGuest]:
+        from localbuilder.hypervisor.sizes import guest_shape
+
+        entry = request.checkpoint
+        if entry is not None:
+            shape = guest_shape(request.vm_size or None)
+            resume = self._live_state(entry, shape.cpus, shape.memory_mib)
+            if resume is not None:
+                started = False
+                try:
+                    with self._boot_guest(request, resume=resume) as booted:
+                        started = True
+                        yield booted
+                    return
+                except BackendError as exc:
+                    if started:
+                        raise
+                    log.warning("could not resume the live checkpoint (%s); booting its disk instead",
+                                exc.message)
+        with self._boot_guest(request, resume=None) as booted:
+            yield booted
+
+    @contextlib.contextmanager
+    def _boot_guest(self, request: GuestRequest, *, resume: Any) -> Iterator[BootedGuest]:
         from localbuilder.hypervisor import Firmware, NetworkMode
         from localbuilder.hypervisor.sizes import guest_shape
         from localbuilder.session import linux_guest
@@ -112,12 +206,17 @@ class LocalPlatform:
                 yield booted
             return
         request.workdir.mkdir(parents=True, exist_ok=True)
+        # A checkpoint replaces the source image: its disk (booted afresh, new seed) or, with ``resume``,
+        # its memory too (the guest continues; no boot at all).
+        base, base_format = request.image.path, request.image.format
+        if request.checkpoint is not None:
+            base, base_format = request.checkpoint.disk, "qcow2"
         # keep=True: the session then leaves the guest running when the block raises. Whether to keep
         # it is decided at failure time (--on-error abort/ask), so every other failure stops the guest
         # here first — the session then sees it stopped and cleans up as usual.
         with linux_guest(
-            request.image.path,
-            request.image.format,
+            base,
+            base_format,
             workdir=request.workdir,
             backend=self.backend,
             accel=self._accel_value(),
@@ -130,6 +229,7 @@ class LocalPlatform:
             firmware=Firmware.uefi if request.image.uefi else Firmware.bios,
             keep=True,
             progress=self.progress,
+            resume=resume,
         ) as session:
             booted = BootedGuest(
                 guest=session.guest,
@@ -143,6 +243,8 @@ class LocalPlatform:
                 serial_log=session.serial_log,
                 backend=self.backend,
                 _keep=lambda: self._kept(session),
+                host_keys=tuple(session.host_keys),
+                seed_iso=session.guest.spec.seed_iso,
             )
             try:
                 yield booted

@@ -53,6 +53,8 @@ SHUTDOWN_TIMEOUT = 30.0
 ABORT_SHUTDOWN_TIMEOUT = 10.0
 CLOUD_INIT_TIMEOUT = 600.0
 PORT_ATTEMPTS = 3
+# Loading a checkpoint's memory: ~1-3 s for 1 GiB under TCG here; generous for slow disks.
+RESTORE_TIMEOUT = 120.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +79,21 @@ class LinuxGuest:
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             f"{self.user}@{self.host}",
         ])
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveState:
+    """A guest frozen by a live checkpoint (``QemuGuest.checkpoint``), ready to resume (FACTS §3e).
+
+    The resumed guest must see the same devices, so it gets the very seed it booted with; and it has
+    the same SSH user, build key and host keys as when it was frozen."""
+
+    disk: Path  # the frozen qcow2 layer (never written again; the resumed guest gets an overlay)
+    state_file: Path  # RAM + device state
+    seed_iso: Path
+    key_file: Path
+    host_keys: tuple[str, ...]
+    user: str
 
 
 def _progress_bar(enabled: bool | None, desc: str) -> tqdm[Any]:
@@ -109,6 +126,9 @@ def _cleanup_files(guest_dir: Path, *, keep_overlay: bool) -> None:
             path.unlink(missing_ok=True)
     if not keep_overlay:
         (guest_dir / "disk.qcow2").unlink(missing_ok=True)
+        # Layers a live checkpoint put on top (disk-1.qcow2 …): the chain is one overlay, logically.
+        for layer in guest_dir.glob("disk-*.qcow2"):
+            layer.unlink(missing_ok=True)
 
 
 def wait_cloud_init(comm: SSHCommunicator, timeout: float) -> None:
@@ -143,8 +163,15 @@ def linux_guest(
     hypervisor: Hypervisor | None = None,
     wait_for_cloud_init: bool = True,
     progress: bool | None = None,
+    resume: LiveState | None = None,
 ) -> Iterator[LinuxGuest]:
-    """Boot ``base`` (never written) and yield a connected ``LinuxGuest``; see the module docstring."""
+    """Boot ``base`` (never written) and yield a connected ``LinuxGuest``; see the module docstring.
+
+    With ``resume``, ``base`` is ignored: the guest continues from that live checkpoint instead of
+    booting (same seed, key and host keys; no cloud-init wait — it had finished when it was frozen).
+    """
+    if resume is not None:
+        base, base_format = resume.disk, "qcow2"
     name = name or f"lb-{uuid.uuid4().hex[:10]}"
     guest_dir = ensure_private_dir(workdir / name)
     overlay = guest_dir / "disk.qcow2"
@@ -159,25 +186,35 @@ def linux_guest(
             disk.create_overlay(base, base_format, overlay, disk_size_bytes)
         except ConversionError as exc:
             raise BackendError(exc.message, hint=exc.hint) from exc
-        seed = make_seed(guest_dir / "seed", hostname=name)
+        if resume is None:
+            seed = make_seed(guest_dir / "seed", hostname=name)
+            seed_iso, user, key_file, host_keys = seed.iso, seed.user, seed.key_file, seed.host_keys
+        else:
+            seed_iso, user = resume.seed_iso, resume.user
+            key_file, host_keys = resume.key_file, resume.host_keys
         if hypervisor is None:
             hypervisor = get_backend(backend, **({"uri": libvirt_uri} if backend == "libvirt" else {}))
 
         def make_spec(port: int) -> GuestSpec:
             return GuestSpec(
                 name=name, disk=overlay, workdir=guest_dir, cpus=cpus, memory_mib=memory_mib, accel=accel,
-                firmware=firmware, seed_iso=seed.iso, forwards=(PortForward(22, port, SSH_HOST),),
-                network=network,
+                firmware=firmware, seed_iso=seed_iso, forwards=(PortForward(22, port, SSH_HOST),),
+                network=network, incoming=resume is not None,
             )
 
         start = time.monotonic()
         what = f"{hypervisor.name}, {accel.value}, {cpus} vCPU, {memory_mib} MiB"
-        with complete_step(f"Booting {name} ({what})"):
+        verb = "Resuming" if resume is not None else "Booting"
+        with complete_step(f"{verb} {name} ({what})"):
             guest, port = _start(hypervisor, make_spec)
+            if resume is not None:
+                restore = getattr(guest, "restore", None)
+                if restore is None:
+                    raise BackendError(f"the {hypervisor.name} backend cannot resume live checkpoints")
+                restore(resume.state_file, timeout=RESTORE_TIMEOUT * scale)
             timings["start"] = time.monotonic() - start
             serial_log = guest.spec.serial_log
-            comm = SSHCommunicator(SSH_HOST, port, seed.user, seed.key_file, list(seed.host_keys),
-                                   serial_log=serial_log)
+            comm = SSHCommunicator(SSH_HOST, port, user, key_file, list(host_keys), serial_log=serial_log)
             bar = _progress_bar(progress, "waiting for SSH")
             running_guest = guest
 
@@ -195,13 +232,20 @@ def linux_guest(
             finally:
                 bar.close()
             timings["ssh"] = time.monotonic() - start
-        if wait_for_cloud_init:
+        if resume is not None:
+            # The guest clock stood still while it was frozen (FACTS §3e): set it from the host before any
+            # step runs, or make/apt/TLS see a time minutes or days in the past.
+            set_clock = f"sudo -n date -u -s @{time.time():.0f} >/dev/null"
+            result = comm.run(set_clock, timeout=60 * scale)
+            if not result.ok:
+                log.warning("could not set the resumed guest's clock: %s", result.stderr_tail.strip()[-200:])
+        elif wait_for_cloud_init:
             t = time.monotonic()
             with complete_step("Waiting for cloud-init to finish"):
                 wait_cloud_init(comm, CLOUD_INIT_TIMEOUT * scale)
             timings["cloud-init"] = time.monotonic() - t
-        lg = LinuxGuest(guest=guest, communicator=comm, host=SSH_HOST, port=port, user=seed.user,
-                        key_file=seed.key_file, host_keys=seed.host_keys, overlay_path=overlay,
+        lg = LinuxGuest(guest=guest, communicator=comm, host=SSH_HOST, port=port, user=user,
+                        key_file=key_file, host_keys=host_keys, overlay_path=overlay,
                         serial_log=serial_log, workdir=guest_dir, timings=timings)
         try:
             yield lg

@@ -144,6 +144,25 @@ class QMPClient:
             raise QMPError(f"QMP {command} failed: {err.get('class')}: {err.get('desc')}")
         return reply.get("return")
 
+    def pass_fd(self, name: str, fd: int, *, timeout: float = 30.0) -> None:
+        """Hand ``fd`` to qemu under ``name`` (QMP ``getfd``): the fd travels as SCM_RIGHTS ancillary data
+        on the command's own message. Used for migration streams (``migrate uri=fd:NAME``), so that no
+        path ever reaches a shell (``exec:`` URIs run /bin/sh inside qemu)."""
+        if self.closed:
+            raise QMPClosed("cannot pass a file descriptor: QMP connection closed (qemu has exited)")
+        request = json.dumps({"execute": "getfd", "arguments": {"fdname": name}}).encode() + b"\r\n"
+        try:
+            socket.send_fds(self._sock, [request], [fd])
+        except OSError as exc:
+            self.closed = True
+            raise QMPClosed(f"cannot pass a file descriptor: QMP connection closed ({exc})") from exc
+        reply = self._read_message(timeout)
+        if reply is None:
+            raise BackendError(f"QMP getfd got no answer within {timeout:.0f} s")
+        if "error" in reply:
+            err = reply["error"]
+            raise QMPError(f"QMP getfd failed: {err.get('class')}: {err.get('desc')}")
+
     def events(self, name: str | None = None) -> list[Message]:
         """All events seen so far (reading what is waiting, without blocking), optionally by name."""
         while self._fill(0):

@@ -56,6 +56,8 @@ class GuestSpec:
     network: NetworkMode = NetworkMode.restricted
     devices: DeviceSet = DeviceSet.virtio
     machine: str = "pc"  # pin a versioned type (pc-i440fx-7.2) when live snapshots must resume
+    # Start paused, waiting for a migration stream (a live checkpoint) instead of booting (FACTS §3e).
+    incoming: bool = False
 
     @property
     def serial_log(self) -> Path:

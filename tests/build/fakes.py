@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,10 @@ from localbuilder.build import (
     Inspection,
     SourceImage,
 )
+from localbuilder.checkpoints import LiveMeta
 from localbuilder.communicator.fake import FakeCommunicator
 from localbuilder.customizers import GuestOS
-from localbuilder.errors import DeprovisionError
+from localbuilder.errors import BackendError, DeprovisionError
 from localbuilder.hypervisor import GuestSpec
 from localbuilder.hypervisor.fake import FakeBehaviour, FakeGuest, FakeHypervisor
 from localbuilder.state import KeptGuest
@@ -36,11 +37,15 @@ class FakePlatform:
     requests: list[GuestRequest] = dataclasses.field(default_factory=list)
     guests: dict[str, FakeGuest] = dataclasses.field(default_factory=dict)
     comms: dict[str, FakeCommunicator] = dataclasses.field(default_factory=dict)
+    checkpoints: bool = False  # take (fake) checkpoints: a file per layer, recorded in events
+    live: bool = True  # the fake checkpoints claim a memory state
+    checkpoint_error: str | None = None
 
     def __post_init__(self) -> None:
         self.hv = FakeHypervisor(script=lambda spec: FakeBehaviour(powers_off_by_itself=True))
         self.source = self.tmp / "source.qcow2"
-        self.source.write_bytes(b"source")
+        if not self.source.exists():  # a rewritten source is a new source (checkpoint keys use mtime)
+            self.source.write_bytes(b"source")
 
     def resolve(self, source: Any) -> SourceImage:
         self.events.append("resolve")
@@ -50,7 +55,10 @@ class FakePlatform:
     def boot(self, request: GuestRequest) -> Iterator[BootedGuest]:
         purpose = request.purpose
         self.requests.append(request)
-        self.events.append(f"boot {purpose} {request.image.format}")
+        if request.checkpoint is not None:
+            self.events.append(f"boot {purpose} from checkpoint {request.checkpoint.meta.depth}")
+        else:
+            self.events.append(f"boot {purpose} {request.image.format}")
         request.workdir.mkdir(parents=True, exist_ok=True)
         guest = self.hv.start(GuestSpec(name=f"fake-{purpose}", disk=request.workdir / "disk.qcow2",
                                         workdir=request.workdir))  # fmt: skip
@@ -76,6 +84,24 @@ class FakePlatform:
             if booted.kept is None:
                 guest.destroy()
                 self.events.append(f"stop {purpose}")
+
+    def checkpoint_traits(self, image: SourceImage) -> Mapping[str, Any] | None:
+        return {"backend": "fake"} if self.checkpoints else None
+
+    def checkpoint(
+        self, booted: BootedGuest, staging: Path, *, backing: Path, backing_format: str, timeout: float
+    ) -> LiveMeta | None:
+        if self.checkpoint_error:
+            raise BackendError(self.checkpoint_error)
+        booted.layers += 1
+        self.events.append(f"checkpoint {booted.layers}")
+        (staging / "disk.qcow2").write_text(f"layer {booted.layers} on {backing} ({backing_format})")
+        if not self.live:
+            return None
+        for name in ("vmstate", "seed.iso", "build-key"):
+            (staging / name).write_text(name)
+        return LiveMeta(user=booted.user, host_keys=(), cpus=1, memory_mib=1024, accel="tcg",
+                        qemu_version="fake")
 
     def deprovision(self, booted: BootedGuest, *, timeout: float) -> DeprovisionOutcome:
         self.events.append("deprovision")

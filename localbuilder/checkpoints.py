@@ -1,0 +1,471 @@
+"""Customizer checkpoints: the guest's state after each successful step, reused by later builds.
+
+A build of a template is a chain: the booted source image, then one step after another. After the
+guest is up and after each customizer succeeds, the build keeps that moment as a *checkpoint*: a qcow2
+layer with the disk's changes since the previous checkpoint and, on the direct QEMU backend, the guest's
+memory (a live snapshot, FACTS §3e). A later build of the same or an edited template looks its chain up
+and continues from the deepest checkpoint it shares — editing customizer 7 of 8 re-runs only 7 and 8,
+and a live checkpoint even skips the boot (~2 s instead of ~75 s under TCG).
+
+Keys. ``chain_keys()`` derives one key per point of the chain: key 0 from the source image's identity
+and everything that shapes the booted guest (disk size, firmware, network, VM shape, accelerator), and
+key i+1 = sha256(key i, customizer i's full definition, the sha256 of every file it fetched). A key
+therefore names exactly one history; two builds with the same prefix find the same entries.
+
+Layout: ``<cache>/checkpoints/<key>/`` holds ``disk.qcow2`` (backed by the parent entry's disk, or by the
+source image for key 0), optionally ``vmstate`` + ``seed.iso`` + ``build-key`` for a live resume, and
+``meta.json``, written last. An entry is created in a ``.tmp-*`` directory beside it and renamed into
+place in one step, so a crash never leaves a half-written checkpoint that a build would use. Checkpoints
+are never generalized: deprovision always runs in a fresh layer above the last one.
+
+In use: a build holds a shared ``flock`` on the ``lock`` file of every entry of its chain until it
+ends; ``prune`` takes an exclusive non-blocking lock before deleting, so it never deletes a layer in use.
+The cache holds the build key of live checkpoints (it must, to reach the resumed guest): entries are
+0700 directories with 0600 files, under the private cache directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from localbuilder import paths
+from localbuilder.errors import UsageError
+from localbuilder.session import LiveState
+from localbuilder.state import now_iso, write_json_atomic
+
+log = logging.getLogger("localbuilder.checkpoints")
+
+FORMAT = 1
+META = "meta.json"
+DISK = "disk.qcow2"
+STATE = "vmstate"
+SEED = "seed.iso"
+KEY = "build-key"
+LOCK = "lock"
+# Default bound of the cache after each build; `localbuilder cache prune --max-size` for more control.
+DEFAULT_MAX_SIZE = 20 * 1024**3
+MAX_SIZE_ENV = "LOCALBUILDER_CACHE_MAX_SIZE"
+STALE_TMP_SECONDS = 3600
+_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def step_definition(step: Any) -> Any:
+    """A customizer as plain data: every field of the frozen model object, recursively."""
+    if dataclasses.is_dataclass(step) and not isinstance(step, type):
+        return {"__type__": type(step).__name__, **dataclasses.asdict(step)}
+    return step
+
+
+def chain_keys(
+    base: Mapping[str, Any], steps: Sequence[Any], digests: Sequence[Mapping[str, str]]
+) -> list[str]:
+    """Key 0 for the booted source (``base``), then one key after each step.
+
+    ``digests[i]`` maps every URI customizer i fetches to the file's sha256: a changed script behind the
+    same URL is a different step.
+    """
+    if len(digests) != len(steps):
+        raise ValueError("one digest mapping per step")
+    key = hashlib.sha256(_canonical({"format": FORMAT, "base": dict(base)})).hexdigest()
+    keys = [key]
+    for step, fetched in zip(steps, digests, strict=True):
+        body = {"parent": key, "step": step_definition(step), "fetched": dict(sorted(fetched.items()))}
+        key = hashlib.sha256(_canonical(body)).hexdigest()
+        keys.append(key)
+    return keys
+
+
+def parse_size(text: str) -> int:
+    """``20G``, ``512M``, ``1.5T``, ``0`` or a byte count → bytes (binary units, like qemu-img)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", text)
+    if not m:
+        raise UsageError(f"{text!r} is not a size", hint="Use a number with an optional unit: 500M, 20G, 1T.")
+    factor = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[m.group(2).lower()]
+    return int(float(m.group(1)) * factor)
+
+
+def default_max_size() -> int:
+    raw = os.environ.get(MAX_SIZE_ENV)
+    return parse_size(raw) if raw else DEFAULT_MAX_SIZE
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveMeta:
+    """What a live resume needs besides the files: the guest's SSH identity and the exact VM shape."""
+
+    user: str
+    host_keys: tuple[str, ...]
+    cpus: int
+    memory_mib: int
+    accel: str
+    qemu_version: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"user": self.user, "hostKeys": list(self.host_keys), "cpus": self.cpus,
+                "memoryMiB": self.memory_mib, "accel": self.accel, "qemuVersion": self.qemu_version}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LiveMeta:
+        return cls(user=str(d["user"]), host_keys=tuple(str(k) for k in d["hostKeys"]), cpus=int(d["cpus"]),
+                   memory_mib=int(d["memoryMiB"]), accel=str(d["accel"]), qemu_version=str(d["qemuVersion"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryMeta:
+    key: str
+    parent: str | None  # None: key 0, backed by the source image
+    depth: int  # 0 = the booted source; i+1 = after customize[i]
+    title: str  # "booted source" or the customizer's title
+    template: str
+    run_id: str
+    created: str
+    backing: str  # the disk's backing file: the parent's disk.qcow2 or the source image
+    backing_format: str
+    live: LiveMeta | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "key": self.key, "parent": self.parent, "depth": self.depth,
+                "title": self.title, "template": self.template, "runId": self.run_id, "created": self.created,
+                "backing": self.backing, "backingFormat": self.backing_format,
+                "live": self.live.as_dict() if self.live else None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EntryMeta:
+        return cls(key=str(d["key"]), parent=d.get("parent"), depth=int(d["depth"]), title=str(d["title"]),
+                   template=str(d.get("template", "")), run_id=str(d.get("runId", "")),
+                   created=str(d.get("created", "")), backing=str(d["backing"]),
+                   backing_format=str(d.get("backingFormat", "qcow2")),
+                   live=LiveMeta.from_dict(d["live"]) if d.get("live") else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    path: Path
+    meta: EntryMeta
+
+    @property
+    def key(self) -> str:
+        return self.meta.key
+
+    @property
+    def disk(self) -> Path:
+        return self.path / DISK
+
+    @property
+    def last_used(self) -> float:
+        try:
+            return (self.path / LOCK).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def size(self) -> int:
+        """Bytes on disk (allocated blocks: qcow2 layers and memory states are sparse-friendly)."""
+        total = 0
+        for f in self.path.iterdir():
+            with contextlib.suppress(OSError):
+                total += f.stat().st_blocks * 512
+        return total
+
+    def live_state(self) -> LiveState | None:
+        live = self.meta.live
+        if live is None or not all((self.path / n).is_file() for n in (STATE, SEED, KEY)):
+            return None
+        return LiveState(disk=self.disk, state_file=self.path / STATE, seed_iso=self.path / SEED,
+                         key_file=self.path / KEY, host_keys=live.host_keys, user=live.user)
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneResult:
+    removed: tuple[Entry, ...]
+    kept: tuple[Entry, ...]
+    in_use: tuple[Entry, ...]  # would have been removed, but a build holds them
+    freed: int
+
+
+class Holder:
+    """Shared locks on the entries a build uses; released by ``close()`` (or when the process dies)."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+        self._paths: dict[str, Path] = {}
+
+    def hold(self, entry: Entry) -> bool:
+        """Lock ``entry`` shared; False when it vanished (pruned) before the lock was taken."""
+        if entry.key in self._fds:
+            return True
+        try:
+            fd = os.open(entry.path / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return False
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if not (entry.path / META).is_file():  # deleted while we waited for the lock
+            os.close(fd)
+            return False
+        self._fds[entry.key] = fd
+        self._paths[entry.key] = entry.path
+        os.utime(entry.path / LOCK)  # last used: what prune orders by
+        return True
+
+    def touch_all(self) -> None:
+        """Give every held entry the same last-used time: a chain then ages as one, and prune (which
+        breaks ties parent-first) never keeps a child without its parent."""
+        now = time.time()
+        for path in self._paths.values():
+            with contextlib.suppress(OSError):
+                os.utime(path / LOCK, (now, now))
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+        self._paths.clear()
+
+
+class CheckpointCache:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or paths.cache_dir() / "checkpoints"
+
+    def _ensure(self) -> Path:
+        return paths.ensure_private_dir(self.root)
+
+    def get(self, key: str) -> Entry | None:
+        if not _KEY_RE.match(key):
+            return None
+        path = self.root / key
+        try:
+            meta = EntryMeta.from_dict(json.loads((path / META).read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if meta.key != key or not (path / DISK).is_file():
+            return None
+        return Entry(path, meta)
+
+    def deepest(self, keys: Sequence[str]) -> list[Entry]:
+        """The entries of the longest prefix of ``keys`` present in the cache (each one's parent is the
+        previous one, so the chain of backing files is whole)."""
+        found: list[Entry] = []
+        for key in keys:
+            entry = self.get(key)
+            if entry is None or (found and entry.meta.parent != found[-1].key):
+                break
+            found.append(entry)
+        return found
+
+    def entries(self) -> list[Entry]:
+        if not self.root.is_dir():
+            return []
+        out = [e for p in sorted(self.root.iterdir()) if (e := self.get(p.name)) is not None]
+        return out
+
+    @contextlib.contextmanager
+    def staging(self, key: str) -> Iterator[Path]:
+        """A private directory to build entry ``key`` in; removed unless ``commit`` took it over."""
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=self._ensure()))
+        try:
+            yield tmp
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def commit(self, staging: Path, meta: EntryMeta) -> Entry:
+        """Make the staged entry visible in one rename. If another build committed the same key first,
+        theirs wins (same history, same content) and ours is discarded."""
+        for f in staging.iterdir():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+        write_json_atomic(staging / META, meta.as_dict())
+        (staging / LOCK).touch()
+        final = self.root / meta.key
+        try:
+            os.rename(staging, final)
+        except OSError:
+            if self.get(meta.key) is None:
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+            log.debug("checkpoint %s was committed by another build first", meta.key[:12])
+        entry = self.get(meta.key)
+        if entry is None:
+            raise OSError(f"checkpoint {meta.key[:12]} vanished right after it was committed")
+        return entry
+
+    def _descendants(self, entries: Iterable[Entry]) -> dict[str, list[str]]:
+        children: dict[str, list[str]] = {}
+        for e in entries:
+            if e.meta.parent:
+                children.setdefault(e.meta.parent, []).append(e.key)
+        return children
+
+    def remove(self, entry: Entry) -> bool:
+        """Delete ``entry`` unless a build holds it; True when deleted."""
+        try:
+            fd = os.open(entry.path / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            # meta.json first: from here on no build can pick this entry up (see Holder.hold).
+            (entry.path / META).unlink(missing_ok=True)
+            shutil.rmtree(entry.path, ignore_errors=True)
+            return True
+        finally:
+            os.close(fd)
+
+    def prune(self, max_size: int, *, everything: bool = False) -> PruneResult:
+        """Keep the most recently used entries that fit in ``max_size`` bytes; remove the rest, children
+        before parents, never an entry in use (nor the ancestors of one)."""
+        entries = self.entries()
+        self._remove_stale_tmp()
+        by_key = {e.key: e for e in entries}
+        # A parent counts as recent as its most recent descendant (it is needed by it); newest first and,
+        # among equals, parents first — so what is kept is always whole chains from their roots.
+        recency = {e.key: e.last_used for e in entries}
+        for e in sorted(entries, key=lambda e: -e.meta.depth):
+            parent = e.meta.parent
+            if parent in recency:
+                recency[parent] = max(recency[parent], recency[e.key])
+        order = sorted(entries, key=lambda e: (-recency[e.key], e.meta.depth))
+        kept: list[Entry] = []
+        doomed: list[Entry] = []
+        used = 0
+        for e in order:
+            size = e.size()
+            parent_kept = e.meta.parent is None or any(k.key == e.meta.parent for k in kept)
+            if not everything and parent_kept and used + size <= max_size:
+                kept.append(e)
+                used += size
+            else:
+                doomed.append(e)
+        removed: list[Entry] = []
+        in_use: list[Entry] = []
+        freed = 0
+        children = self._descendants(entries)
+        blocked: set[str] = set()
+        # Deepest first, so children go before their parents; a held child keeps its ancestors.
+        for e in sorted(doomed, key=lambda e: -e.meta.depth):
+            if any(c in blocked or (c in by_key and by_key[c] in kept) for c in children.get(e.key, ())):
+                blocked.add(e.key)
+                in_use.append(e)
+                continue
+            size = e.size()
+            if self.remove(e):
+                removed.append(e)
+                freed += size
+            else:
+                blocked.add(e.key)
+                in_use.append(e)
+        return PruneResult(tuple(removed), tuple(kept), tuple(in_use), freed)
+
+    def _remove_stale_tmp(self) -> None:
+        """Staging directories of builds that died (SIGKILL, power loss) before they committed."""
+        if not self.root.is_dir():
+            return
+        now = time.time()
+        for p in self.root.glob(".tmp-*"):
+            with contextlib.suppress(OSError):
+                if now - p.stat().st_mtime > STALE_TMP_SECONDS:
+                    shutil.rmtree(p, ignore_errors=True)
+
+
+class BuildChain:
+    """One build's view of the cache: which checkpoint to start from, and saving new ones as it goes.
+
+    ``capture(staging, backing, backing_format)`` writes the entry's files (the platform's job) and
+    returns the live-resume metadata, or None for a disk-only checkpoint.
+    """
+
+    def __init__(
+        self,
+        cache: CheckpointCache,
+        keys: Sequence[str],
+        titles: Sequence[str],
+        *,
+        template: str,
+        run_id: str,
+        source: Path,
+        source_format: str,
+    ) -> None:
+        if len(titles) != len(keys):
+            raise ValueError("one title per key")
+        self.cache = cache
+        self.keys = list(keys)
+        self.titles = list(titles)
+        self.template = template
+        self.run_id = run_id
+        self.source = source
+        self.source_format = source_format
+        self.holder = Holder()
+        self.saved: dict[int, Entry] = {}  # depth → entry this build can build on
+        self.enabled = True
+
+    def restore_point(self) -> Entry | None:
+        """The deepest cached point of this chain (held: no prune can take it away), or None."""
+        hits = self.cache.deepest(self.keys)
+        held: list[Entry] = []
+        for entry in hits:
+            if not self.holder.hold(entry):
+                break
+            held.append(entry)
+        for depth, entry in enumerate(held):
+            self.saved[depth] = entry
+        return held[-1] if held else None
+
+    def save(self, depth: int, capture: Any) -> Entry | None:
+        """Checkpoint the point ``depth`` (0 = booted source, i+1 = after customize[i])."""
+        if not self.enabled:
+            return None
+        if depth > 0 and depth - 1 not in self.saved:
+            return None  # the parent could not be saved: a child would have no backing file
+        key = self.keys[depth]
+        existing = self.cache.get(key)
+        if existing is not None and self.holder.hold(existing):
+            # Another build (e.g. a parallel one) saved the same point: build on theirs.
+            self.saved[depth] = existing
+            return existing
+        parent = self.saved.get(depth - 1)
+        if parent is not None:
+            backing, backing_format = parent.disk, "qcow2"
+        else:
+            backing, backing_format = self.source, self.source_format
+        with self.cache.staging(key) as tmp:
+            live = capture(tmp, backing, backing_format)
+            meta = EntryMeta(key=key, parent=parent.key if parent else None, depth=depth,
+                             title=self.titles[depth], template=self.template, run_id=self.run_id,
+                             created=now_iso(), backing=str(backing), backing_format=backing_format,
+                             live=live)
+            entry = self.cache.commit(tmp, meta)
+        if self.holder.hold(entry):
+            self.saved[depth] = entry
+        return entry
+
+    def close(self, *, prune_to: int | None = None) -> PruneResult | None:
+        """Release this build's hold; with ``prune_to``, first prune the cache to that size (the
+        entries this build used are newest and held, so they stay)."""
+        result = None
+        try:
+            self.holder.touch_all()
+            if prune_to is not None:
+                result = self.cache.prune(prune_to)
+        finally:
+            self.holder.close()
+        return result
