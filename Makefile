@@ -43,7 +43,7 @@ test-fast: setup
 	$(PY) -m pytest -p no:cacheprovider -m "not integration" $(PYTEST_ARGS)
 
 fuzz: setup
-	HYPOTHESIS_FUZZ_EXAMPLES=10000 $(PY) -m pytest -p no:cacheprovider tests/test_fuzz.py $(PYTEST_ARGS)
+	HYPOTHESIS_FUZZ_EXAMPLES=10000 $(PY) -m pytest -p no:cacheprovider tests/test_fuzz.py tests/security/test_fuzz_inputs.py $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check localbuilder tests bench

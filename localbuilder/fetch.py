@@ -80,9 +80,31 @@ def local_path(uri: str, base_dir: Path) -> Path | None:
         return Path(urllib.parse.unquote(parts.path))
     # A one-letter "scheme" is a Windows drive letter, not a URL scheme.
     if parts.scheme == "" or len(parts.scheme) == 1:
-        path = Path(uri).expanduser()
+        try:
+            path = Path(uri).expanduser()
+        except RuntimeError:  # "~name/…" for a user this machine does not have
+            raise FetchError(
+                f"{uri}: cannot expand {uri.split('/')[0]!r}: no such user on this machine",
+                hint="Give a path relative to the template, an absolute path or a file:// URI.",
+            ) from None
         return path if path.is_absolute() else base_dir / path
     return None
+
+
+def _refuse_climbing_out(req: FetchRequest, src: Path, base_dir: Path) -> None:
+    """A relative path reads files that travel with the template (its scripts): one that climbs above
+    the template's directory with ``..`` would quietly read other host files into the image. An
+    absolute path or ``file://`` URI says plainly where it reads, and stays allowed."""
+    if urllib.parse.urlsplit(req.uri).scheme == "file" or Path(req.uri).expanduser().is_absolute():
+        return
+    base = os.path.normpath(base_dir.absolute())
+    if os.path.commonpath([base, os.path.normpath(src.absolute())]) != base:
+        raise FetchError(
+            f"{req.where}: {req.uri!r} points outside the template's directory {base}",
+            hint="Relative paths must stay inside the template's directory (no '..' above it): put the "
+            "file next to the template, or give an absolute path or file:// URI if reading it from "
+            "elsewhere is intended.",
+        )
 
 
 class _Readable(Protocol):
@@ -119,8 +141,12 @@ def fetch(req: FetchRequest, *, base_dir: Path, timeout: float = 60.0) -> Fetche
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        src = local_path(req.uri, base_dir)
+        try:
+            src = local_path(req.uri, base_dir)
+        except FetchError as exc:
+            raise FetchError(f"{req.where}: {exc.message}", hint=exc.hint) from None
         if src is not None:
+            _refuse_climbing_out(req, src, base_dir)
             try:
                 with open(src, "rb") as fh:
                     actual, size = _copy_hashing(fh, tmp)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import logging
+import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
+from localbuilder.communicator.output import printable
 from localbuilder.log import format_duration
 from localbuilder.state import PhaseTiming
 
@@ -33,7 +35,9 @@ class CustomizationLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fh = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in close()
+        # 0600 whatever the umask: guest output can hold whatever the scripts print.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fh = open(fd, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in close()
         self._lock = threading.Lock()
         self._step = "-"
         self.tail: collections.deque[str] = collections.deque(maxlen=self.TAIL)
@@ -58,6 +62,7 @@ class CustomizationLog:
 
     def event(self, text: str) -> None:
         """A line of localbuilder's own (step start/end, reboot, note)."""
+        text = printable(text)
         self._write(f"{_stamp()} [{self._step}] ==> {text}")
         guest_log.debug("%s", text)
 
@@ -77,6 +82,8 @@ class CustomizationLog:
         if stream == "localbuilder":
             self.event(line)
             return
+        # The SSH path has cleaned the line already (communicator.output); WinRM lines arrive raw.
+        line = printable(line)
         self.tail.append(line)
         self._write(f"{_stamp()} [{self._step}] {stream}: {line}")
         # Guest output is what AIB users miss most: show it live on the console too (indented under

@@ -244,6 +244,55 @@ class KeptGuest:
 
 
 @dataclasses.dataclass(frozen=True)
+class ActiveGuest:
+    """The guest a build has running right now, so a later start can stop it if the build was killed.
+
+    A direct-QEMU guest runs in its own session: a SIGKILLed ``localbuilder build`` (no cleanup, no
+    parent-death signal) leaves it running. ``localbuilder.recovery`` finds it again through this record,
+    and ``pid`` + ``start_ticks`` + ``name`` in the process's command line prove it is still the same
+    process (a pid reused by something else is never killed).
+    """
+
+    backend: str  # qemu | libvirt | fake
+    name: str  # qemu's -name / the libvirt domain: lb-<random>, also the guest directory's name
+    workdir: str  # the guest's private directory (overlay, seed, sockets, serial log)
+    purpose: str = "build"  # build | validation
+    pid: int | None = None  # qemu's pid (direct QEMU)
+    start_ticks: int | None = None  # /proc/<pid>/stat field 22 when the guest came up
+    libvirt_uri: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "name": self.name,
+            "workdir": self.workdir,
+            "purpose": self.purpose,
+            "pid": self.pid,
+            "startTicks": self.start_ticks,
+            "libvirtUri": self.libvirt_uri,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ActiveGuest:
+        pid, ticks = d.get("pid"), d.get("startTicks")
+        return cls(
+            backend=str(d["backend"]),
+            name=str(d["name"]),
+            workdir=str(d["workdir"]),
+            purpose=str(d.get("purpose", "build")),
+            pid=int(pid) if pid is not None else None,
+            start_ticks=int(ticks) if ticks is not None else None,
+            libvirt_uri=d.get("libvirtUri"),
+        )
+
+    @classmethod
+    def for_process(cls, backend: str, name: str, workdir: Path, purpose: str, pid: int | None,
+                    libvirt_uri: str | None = None) -> ActiveGuest:
+        ticks = _start_ticks(pid) if pid is not None else None
+        return cls(backend, name, str(workdir), purpose, pid, ticks, libvirt_uri)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunRecord:
     run_id: str
     template_name: str
@@ -255,6 +304,7 @@ class RunRecord:
     kept_guest: KeptGuest | None = None
     output_dir: str | None = None
     failed_step: str | None = None  # "customize[2] Shell 'install'" when a step failed
+    guest: ActiveGuest | None = None  # the guest running now (recovery after a SIGKILL)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -269,6 +319,7 @@ class RunRecord:
             "keptGuest": self.kept_guest.as_dict() if self.kept_guest else None,
             "outputDir": self.output_dir,
             "failedStep": self.failed_step,
+            "guest": self.guest.as_dict() if self.guest else None,
         }
 
     @classmethod
@@ -284,6 +335,7 @@ class RunRecord:
             kept_guest=KeptGuest.from_dict(d["keptGuest"]) if d.get("keptGuest") else None,
             output_dir=d.get("outputDir"),
             failed_step=d.get("failedStep"),
+            guest=ActiveGuest.from_dict(d["guest"]) if d.get("guest") else None,
         )
 
     @property
@@ -307,7 +359,9 @@ def _safe_name(name: str) -> str:
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     """Write ``data`` so that readers see either the old or the new file, even across a crash."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    # 0600 whatever the umask: run state names key files and guest ports (ARCHITECTURE: private state).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=2)
         fh.write("\n")
         fh.flush()

@@ -53,8 +53,10 @@ def _stop_kept_guest(kept_pid: int | None, domain: str | None, backend: str) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    from localbuilder.recovery import recover_and_warn
     from localbuilder.state import RunState, find_run, now_iso, reconcile
 
+    recover_and_warn()  # builds that were killed: stop their guests, mark their runs
     rundir = find_run(args.run_ref)
     record = reconcile(rundir)
     if record.run_state.finished:

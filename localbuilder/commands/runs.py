@@ -28,8 +28,10 @@ def _duration(start: str, end: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from localbuilder.recovery import recover_and_warn
     from localbuilder.state import iter_runs, reconcile
 
+    recover_and_warn()  # builds that were killed: stop their guests, mark their runs
     records = [(r, reconcile(r)) for r in iter_runs(args.template)]
     if args.json:
         print(json.dumps([rec.as_dict() | {"runDir": str(r.path)} for r, rec in records], indent=2))

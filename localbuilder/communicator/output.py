@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+import re
 from collections.abc import Iterator
 
 from localbuilder.communicator import OutputCallback
@@ -14,6 +15,21 @@ TAIL_LINES = 200
 TAIL_CHARS = 64 * 1024
 # A "line" without a newline is cut at this many characters (a binary blob, a progress bar without \n).
 MAX_LINE_CHARS = 16 * 1024
+
+# Guest output ends up on the user's terminal (live console, `localbuilder logs`, error messages), so a
+# hostile or careless guest must not be able to send it terminal controls: clear the screen, set the
+# window title, write the clipboard (OSC 52), hide text behind \r. Colour sequences (SGR) are common and
+# harmless noise (pwsh, systemctl, apt): dropped. Every other control character except tab (C0, DEL,
+# C1) is kept visible as \xNN text, so nothing the guest said is lost.
+_SGR = re.compile(r"\x1b\[[0-9;:]*m")
+_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def printable(line: str) -> str:
+    """``line`` without terminal control sequences (see above); idempotent, cheap for plain text."""
+    if _UNSAFE.search(line) is None:
+        return line
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", _SGR.sub("", line))
 
 
 class StreamTail:
@@ -51,6 +67,7 @@ class StreamTail:
             self._partial = ""
 
     def _emit(self, line: str) -> None:
+        line = printable(line)
         if self.on_output is not None:
             self.on_output(self.name, line)
         self._tail.append(line)

@@ -40,6 +40,7 @@ import winrm.protocol
 import winrm.transport
 
 from localbuilder.communicator import CommandResult, OutputCallback
+from localbuilder.communicator.output import MAX_LINE_CHARS, printable
 from localbuilder.errors import (
     CommunicatorError,
     CommunicatorTimeout,
@@ -52,6 +53,9 @@ log = logging.getLogger("localbuilder.communicator.winrm")
 Transport = Literal["ntlm", "basic"]
 
 TAIL_LINES = 40
+# stderr carries one CLIXML document per line (decode_clixml): it may be longer than a stdout line
+# before it is cut, but it is cut too — a guest that never ends a line must not grow our memory.
+MAX_STDERR_LINE_CHARS = 1024 * 1024
 # WSManFault codes (MS-WSMV / winerror.h), as Windows returns them in the fault detail.
 FAULT_OPERATION_TIMEOUT = 2150858793  # ERROR_WSMAN_OPERATION_TIMEDOUT: pywinrm retries it itself
 FAULT_SHELL_NOT_FOUND = 2150858843  # the shell is gone: the guest restarted (or WinRM did)
@@ -516,6 +520,10 @@ class _LineSplitter:
         *complete, self.partial = text.split("\n")
         for line in complete:
             self._emit(line.rstrip("\r"))
+        limit = MAX_LINE_CHARS if self.stream == "stdout" else MAX_STDERR_LINE_CHARS
+        while len(self.partial) > limit:
+            self._emit(self.partial[:limit])
+            self.partial = self.partial[limit:]
 
     def flush(self) -> None:
         text = self.partial + self.decoder.decode(b"", final=True)
@@ -525,7 +533,8 @@ class _LineSplitter:
 
     def _emit(self, line: str) -> None:
         decoded = decode_clixml(line) if self.stream == "stderr" else None
-        for text in decoded if decoded is not None else [line]:
+        for raw in decoded if decoded is not None else [line]:
+            text = printable(raw)  # no terminal controls from the guest (communicator.output)
             self.lines.append(text)
             if self.on_output is not None:
                 self.on_output(self.stream, text)
@@ -586,8 +595,10 @@ def powershell_command(script: str, *, progress: bool = True) -> str:
 
 
 def ps_quote(text: str) -> str:
-    """A PowerShell single-quoted literal (only ``'`` needs escaping, by doubling)."""
-    return "'" + text.replace("'", "''") + "'"
+    """A PowerShell single-quoted literal: each quote character is doubled. PowerShell also ends a
+    single-quoted string at the typographic quotes U+2018–U+201B (about_Quoting_Rules), so a path with
+    ``’`` in it would otherwise break out of the literal."""
+    return "'" + re.sub("['\u2018-\u201b]", lambda m: m.group() * 2, text) + "'"
 
 
 def upload_script(dst: str) -> str:

@@ -30,10 +30,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from localbuilder.communicator import CommandResult, Communicator, OutputCallback
-from localbuilder.errors import BuildTimeout, CommunicatorTimeout, CustomizerError
+from localbuilder.errors import BuildTimeout, CommunicatorError, CommunicatorTimeout, CustomizerError
 from localbuilder.hypervisor import Guest
 
 log = logging.getLogger("localbuilder.customizers")
+
+# A connection that dropped without a guest reset is probed after this long (and again as long as the
+# guest neither resets nor answers): a TCG guest took ~45 s from `reboot` to its reset here, and sshd is
+# among the first services a shutdown stops, so a guest that still answers SSH is not rebooting.
+DROP_PROBE_AFTER = 10.0
+DROP_PROBE_TIMEOUT = 30.0
 
 __all__ = [
     "Customizer",
@@ -134,6 +140,28 @@ class StepContext:
                 ) from None
             raise
 
+    def _up_without_reboot(self) -> bool:
+        """After a drop with no reset yet: True when SSH answers from a system that is not going down.
+
+        A guest on its way to a reboot refuses SSH (sshd stopped), or its systemd says ``stopping`` /
+        has a shutdown job queued, or an unprivileged ``systemctl`` cannot reach the manager any more
+        (``unknown``/``offline``, measured right after ``sudo reboot``): all of those mean "keep waiting".
+        """
+        probe = (
+            'state="$(systemctl is-system-running 2>/dev/null)"; '
+            "systemctl list-jobs --no-legend 2>/dev/null "
+            "| grep -qE '(reboot|poweroff|halt|shutdown)\\.target' "
+            '&& state="$state,shutdown-job"; echo "$state"'
+        )
+        try:
+            self.comm.reconnect(min(DROP_PROBE_TIMEOUT, self.remaining()))
+            result = self.comm.run(probe, timeout=min(DROP_PROBE_TIMEOUT, self.remaining()))
+        except CommunicatorError:
+            return False
+        state = result.stdout_tail.strip()
+        log.debug("connection dropped, no reset: the guest answers, systemd state %r", state)
+        return state in ("running", "degraded", "starting", "initializing", "maintenance")
+
     def wait_for_reboot(self, resets_before: int, *, timeout: float = 1200.0) -> None:
         """After a connection drop: wait for the guest to come back and reconnect.
 
@@ -143,12 +171,28 @@ class StepContext:
         bound = min(timeout, self.remaining())
         if self.guest is not None:
             end = time.monotonic() + bound
+            probe_at = time.monotonic() + DROP_PROBE_AFTER
             while self.guest.reset_count() <= resets_before:
                 if not self.guest.is_running():
                     raise CustomizerError(
-                        f"{self.section}[{self.index}]: the guest powered off instead of rebooting",
-                        hint="Use 'sudo reboot' (not 'poweroff'/'shutdown -h') inside a customize step.",
+                        f"{self.section}[{self.index}]: the guest powered off instead of rebooting "
+                        "(or its qemu process ended)",
+                        hint="Use 'sudo reboot' (not 'poweroff'/'shutdown -h') inside a customize step; if "
+                        "the step did not power off, the guest's serial.log and build.log (qemu's own "
+                        "messages) in the run directory tell why it stopped.",
                     )
+                if self.os is GuestOS.linux and time.monotonic() >= probe_at:
+                    # Without this a dropped connection (sshd killed or restarted in the guest) waited
+                    # the whole bound (20 min) for a reset that never comes.
+                    if self._up_without_reboot() and self.guest.reset_count() <= resets_before:
+                        raise CustomizerError(
+                            "the SSH connection dropped while the step was running, and the guest did "
+                            "not reboot (it still answers SSH)",
+                            hint="Something in the guest ended the SSH session (sshd killed or restarted, "
+                            "network reconfigured). The command may still run in the guest: use "
+                            "--on-error abort to keep the guest and look.",
+                        )
+                    probe_at = time.monotonic() + DROP_PROBE_AFTER
                 if time.monotonic() >= end:
                     self.remaining()
                     raise CustomizerError(

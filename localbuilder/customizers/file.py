@@ -18,6 +18,7 @@ from pathlib import Path
 
 from localbuilder.customizers import Customizer, GuestOS, StepContext, StepFailed
 from localbuilder.errors import CommunicatorError, CustomizerError
+from localbuilder.fetch import redact
 
 LINUX_ALLOWED_PREFIX = "/tmp/"
 
@@ -48,6 +49,7 @@ class File(Customizer, type_name="File"):
     def apply(self, ctx: StepContext) -> None:
         uri: str = self.step.source_uri
         local = ctx.local_file(uri)
+        shown = redact(uri)  # a storage URL's query is its SAS token: never in the log
         dst: str = self.step.destination
         where = self.describe(ctx.index, ctx.section)
         if ctx.os is GuestOS.windows:
@@ -55,21 +57,23 @@ class File(Customizer, type_name="File"):
 
             ctx.remaining()
             upload_file(ctx.comm, local, dst)
-            ctx.note(f"copied {uri} ({local.stat().st_size} bytes) to {dst}")
+            ctx.note(f"copied {shown} ({local.stat().st_size} bytes) to {dst}")
             return
         normal = posixpath.normpath(dst)
         if destination_allowed(normal, allow_any=False):
             self._upload(ctx, local, normal, where)
-            ctx.note(f"copied {uri} ({local.stat().st_size} bytes) to {normal}")
+            ctx.note(f"copied {shown} ({local.stat().st_size} bytes) to {normal}")
             return
         # --allow-any-destination: stage in /tmp as the build user, then install as root.
         staged = f"/tmp/localbuilder-file-{secrets.token_hex(4)}"
         self._upload(ctx, local, staged, where)
-        ctx.note(f"copied {uri} ({local.stat().st_size} bytes) to {staged}; installing it as {normal}")
+        ctx.note(f"copied {shown} ({local.stat().st_size} bytes) to {staged}; installing it as {normal}")
         parent = posixpath.dirname(normal) or "/"
         q_staged, q_dst, q_parent = shlex.quote(staged), shlex.quote(normal), shlex.quote(parent)
+        # Every path is quoted as one shell word: a destination may hold quotes, ;, $(), newlines.
+        q_missing = shlex.quote(f"parent directory {parent} does not exist")
         result = ctx.run(
-            f"if [ ! -d {q_parent} ]; then echo 'parent directory {parent} does not exist' >&2; "
+            f"if [ ! -d {q_parent} ]; then echo {q_missing} >&2; "
             f"rm -f {q_staged}; exit 3; fi; "
             f"sudo -n install -m 0644 {q_staged} {q_dst}; rc=$?; rm -f {q_staged}; exit $rc"
         )

@@ -117,6 +117,14 @@ class Shell(Customizer, type_name="Shell"):
             # The connection dropped under the command: a reboot (or a crash, which wait_for_reboot
             # tells apart through the hypervisor).
             ctx.wait_for_reboot(resets_before)
+            if started and not states:
+                # The script never reported its end: whatever followed the reboot in it did not run.
+                # The build goes on (a reboot ends a step, as `sudo reboot` as the last command does),
+                # but says so where the user looks.
+                text = (f"the guest rebooted before {self.describe(ctx.index, ctx.section)} reported its "
+                        "end: commands after the reboot did not run (put 'sudo reboot' last in a step)")
+                ctx.note(text)
+                log.warning("%s", text)
             return bool(started)
         log.debug("after %s: systemd state %s", self.describe(ctx.index, ctx.section), states)
         state = states[-1] if states else ""

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from localbuilder.errors import DistributeError
+from localbuilder.errors import CommandError, DistributeError
 from localbuilder.run import run
 from localbuilder.state import RunOutput
 
@@ -116,7 +116,18 @@ def place(src: Path, dst: Path, *, force: bool) -> None:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 raise
             # Another filesystem: keep the copy sparse (a 30 GiB VHD holds ~1 GiB of data).
-            run(["cp", "--sparse=always", str(src), str(tmp)])
+            try:
+                run(["cp", "--sparse=always", str(src), str(tmp)])
+            except CommandError as err:
+                if os.strerror(errno.ENOSPC) not in err.stderr_tail:
+                    raise DistributeError(f"cannot copy the VHD to {dst}: {err.stderr_tail.strip()}") from err
+                # The run output's note keeps only the message: the advice goes into it too.
+                data_mib = src.stat().st_blocks * 512 / 1024**2
+                raise DistributeError(
+                    f"disk full while writing {dst} (No space left on device): the VHD is sparse but "
+                    f"needs room for its {data_mib:.0f} MiB of data",
+                    hint=f"Free space where {dst.parent} lives, or choose another --output-dir.",
+                ) from err
         os.replace(tmp, dst)
     except OSError as exc:
         raise DistributeError(f"cannot write {dst}: {exc.strerror or exc}") from exc
