@@ -54,3 +54,17 @@ def test_after_guest_ready_excludes_setup_and_boot() -> None:
     packer = {"total_seconds": 100.8, "phases": packer_phases(LINES, 98.4, provisioners=6)}
     assert after_guest_ready(packer) == pytest.approx(100.8 - 81.9, abs=0.05)
     assert after_guest_ready({"total_seconds": 100.8, "phases": {}}) is None
+
+
+def test_table_with_a_warm_column_and_the_checkpoint_row() -> None:
+    cold = {"total_seconds": 93.1, "phases": {"setup": 0.2, "boot": 71.2, "customize": 4.7}}
+    warm = {"total_seconds": 20.4, "phases": {"setup": 0.2, "boot": 3.0, "checkpoints": 0.0,
+                                              "deprovision": 10.2}}
+    packer = {"total_seconds": 100.8, "phases": packer_phases(LINES, 98.4, provisioners=6)}
+    lines = table(cold, packer, warm).splitlines()
+    assert lines[0].split()[-4:] == ["localbuilder", "lb", "warm", "packer"]
+    ready = next(line for line in lines if line.startswith("start -> guest ready"))
+    assert ready.split()[-3:] == ["71.4", "3.2", "81.9"]
+    saves = next(line for line in lines if line.startswith("saving checkpoints"))
+    assert saves.split()[-3:] == ["-", "0.0", "-"]
+    assert lines[-2].split()[-3:] == ["93.1", "20.4", "100.8"]

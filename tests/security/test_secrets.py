@@ -96,15 +96,7 @@ def _sig(sas: str) -> str:
         "sas",
         "key",
         "connection-string",
-        pytest.param(
-            "sas-via-set",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="KNOWN LEAK: invocation.json (for --resume) stores --set values verbatim, so a "
-                "scriptUri/uri SAS given through --set is written to disk; remove this mark once "
-                "localbuilder/invocation.py redacts them",
-            ),
-        ),
+        "sas-via-set",
     ],
 )
 def test_storage_secrets_never_reach_artefacts_output_or_errors(
