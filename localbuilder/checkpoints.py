@@ -285,9 +285,10 @@ class CheckpointCache:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def commit(self, staging: Path, meta: EntryMeta) -> Entry:
-        """Make the staged entry visible in one rename. If another build committed the same key first,
-        theirs wins (same history, same content) and ours is discarded."""
+    def commit(self, staging: Path, meta: EntryMeta) -> Entry | None:
+        """Make the staged entry visible in one rename; None when another build committed the same key
+        first. Theirs then stays and ours is discarded: the two have the same history but not the same
+        bytes (timestamps, logs, allocation), so nothing of ours may ever be stacked on theirs."""
         for f in staging.iterdir():
             with open(f, "rb+") as fh:
                 os.fsync(fh.fileno())
@@ -301,6 +302,7 @@ class CheckpointCache:
                 raise
             shutil.rmtree(staging, ignore_errors=True)
             log.debug("checkpoint %s was committed by another build first", meta.key[:12])
+            return None
         entry = self.get(meta.key)
         if entry is None:
             raise OSError(f"checkpoint {meta.key[:12]} vanished right after it was committed")
@@ -437,11 +439,9 @@ class BuildChain:
         if depth > 0 and depth - 1 not in self.saved:
             return None  # the parent could not be saved: a child would have no backing file
         key = self.keys[depth]
-        existing = self.cache.get(key)
-        if existing is not None and self.holder.hold(existing):
-            # Another build (e.g. a parallel one) saved the same point: build on theirs.
-            self.saved[depth] = existing
-            return existing
+        if self.cache.get(key) is not None:
+            self._diverged(key)
+            return None
         parent = self.saved.get(depth - 1)
         if parent is not None:
             backing, backing_format = parent.disk, "qcow2"
@@ -454,9 +454,19 @@ class BuildChain:
                              created=now_iso(), backing=str(backing), backing_format=backing_format,
                              live=live)
             entry = self.cache.commit(tmp, meta)
+        if entry is None:
+            self._diverged(key)
+            return None
         if self.holder.hold(entry):
             self.saved[depth] = entry
         return entry
+
+    def _diverged(self, key: str) -> None:
+        """Another build (a parallel one) saved this point first. Its disk is not byte-for-byte ours, so
+        our later layers cannot sit on it: this build takes no more checkpoints."""
+        log.info("checkpoint %s was saved by another build meanwhile; this build takes no more checkpoints",
+                 key[:12])
+        self.enabled = False
 
     def close(self, *, prune_to: int | None = None) -> PruneResult | None:
         """Release this build's hold; with ``prune_to``, first prune the cache to that size (the

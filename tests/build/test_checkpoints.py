@@ -262,3 +262,32 @@ def test_resume_refuses_a_running_run(tmp_path: Path) -> None:
     run = RunDir.create("hello", tmp_path / "t.json")  # Running, owned by this (live) process
     with pytest.raises(UsageError, match="is still Running"):
         run_build(template(shell("one", "echo 1")), FakePlatform(tmp_path), tmp_path, resume_run=run.path)
+
+
+def test_a_build_never_stacks_on_a_checkpoint_another_build_saved(tmp_path: Path) -> None:
+    """Two builds of the same template at once: same keys, different bytes. The one that saves a point
+    second must not put its later layers on the other's (its disk did not come from it)."""
+    cache = CheckpointCache(tmp_path / "c")
+    keys = [k(1), k(2), k(3)]
+
+    def chain() -> BuildChain:
+        return BuildChain(cache, keys, ["boot", "a", "b"], template="t", run_id="r",
+                          source=tmp_path / "src", source_format="raw")
+
+    def capture(staging: Path, backing: Path, fmt: str) -> None:
+        (staging / "disk.qcow2").write_text(str(backing))
+
+    first, second = chain(), chain()
+    assert first.restore_point() is None and second.restore_point() is None
+    assert first.save(0, capture) is not None
+    assert second.save(0, capture) is None and not second.enabled
+    assert second.save(1, capture) is None
+    assert first.save(1, capture) is not None
+    # A later build resumes from what the first saved and stacks on exactly that.
+    third = chain()
+    restored = third.restore_point()
+    assert restored is not None and restored.meta.depth == 1
+    e2 = third.save(2, capture)
+    assert e2 is not None and e2.disk.read_text() == str(restored.disk)
+    for c in (first, second, third):
+        c.close()

@@ -37,19 +37,26 @@ def test_two_builds_in_parallel_one_failing(
         {"type": "Shell", "name": "broken", "inline": ["echo bad-step-ran", "exit 3"]},
         {"type": "Shell", "name": "not-reached", "inline": ["echo unreachable"]},
     ])  # fmt: skip
+    # A third build queues behind the first two (at most 2 at once) and overlaps the good one: two builds
+    # that both succeed side by side, sharing the checkpoint cache (the booted source is saved once).
+    good2 = write_template(tdir, "par-good2", [
+        {"type": "Shell", "name": "mark", "inline": ["echo second-good | sudo tee /etc/lb-par-good2"]},
+    ])  # fmt: skip
     out_dir = tmp_path / "out"
 
-    code = main(["build", str(good), str(bad), "--parallel", "2", "--output-dir", str(out_dir), "--json"])
+    code = main(["build", str(good), str(bad), str(good2), "--parallel", "2", "--output-dir", str(out_dir),
+                 "--json"])  # fmt: skip
     captured = capsys.readouterr()
     assert code == 1, captured.err[-3000:]
 
     records = json.loads(captured.out)
-    assert [r["templateName"] for r in records] == ["par-good", "par-bad"]
-    assert [r["lastRunStatus"]["runState"] for r in records] == ["Succeeded", "Failed"]
+    assert [r["templateName"] for r in records] == ["par-good", "par-bad", "par-good2"]
+    assert [r["lastRunStatus"]["runState"] for r in records] == ["Succeeded", "Failed", "Succeeded"]
 
     good_run, bad_run = only_run("par-good"), only_run("par-bad")
     assert good_run.path != bad_run.path
-    assert [r["runId"] for r in records] == [good_run.run_id, bad_run.run_id]
+    good2_run = only_run("par-good2")
+    assert [r["runId"] for r in records] == [good_run.run_id, bad_run.run_id, good2_run.run_id]
     good_rec, bad_rec = good_run.read(), bad_run.read()
     assert good_rec.run_state is RunState.Succeeded
     assert bad_rec.run_state is RunState.Failed
@@ -60,7 +67,11 @@ def test_two_builds_in_parallel_one_failing(
     # The failing build did not disturb the other: a whole, valid fixed VHD, and no output of its own.
     footer = vhd.check_fixed_vhd(out_dir / "par-good.vhd")
     assert footer.current_size % (1024 * 1024) == 0
-    assert sorted(p.name for p in out_dir.iterdir()) == ["par-good.vhd"]
+    vhd.check_fixed_vhd(out_dir / "par-good2.vhd")
+    assert sorted(p.name for p in out_dir.iterdir()) == ["par-good.vhd", "par-good2.vhd"]
+    good2_rec = good2_run.read()
+    assert good2_rec.run_state is RunState.Succeeded
+    assert good2_rec.last_run_status.start_time <= str(good_rec.last_run_status.end_time)
 
     # Isolated guests: each had its own forwarded SSH port, and the two builds really overlapped.
     ports = [GUEST_UP.findall(r.customization_log.read_text()) for r in (good_run, bad_run)]
@@ -81,6 +92,6 @@ def test_two_builds_in_parallel_one_failing(
     )
     assert bad_run.run_id in bad_row and "Failed" in bad_row and "customize[0] Shell 'broken'" in bad_row
 
-    for run in (good_run, bad_run):
+    for run in (good_run, bad_run, good2_run):
         assert processes_mentioning(str(run.path)) == []
     print(f"\nparallel builds: ports {ports}; phases good {[(p.name, p.seconds) for p in good_rec.phases]}")
