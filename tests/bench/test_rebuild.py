@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from bench.rebuild import EDIT_LINE, customizers_run, edit_last_customizer, phase_table, write_edited_copy
+from bench.rebuild import (
+    EDIT_LINE,
+    allocated_bytes,
+    customizers_run,
+    edit_last_customizer,
+    phase_table,
+    write_edited_copy,
+)
 from localbuilder.errors import TemplateError, UsageError
 from localbuilder.template import parse_template
 from localbuilder.template.load import load_documents
@@ -130,3 +137,13 @@ def test_phase_table_has_a_column_per_build_and_dashes_for_missing_phases() -> N
     assert rows["boot"][-2:] == ["72.0", "3.1"]
     assert rows["customize[0] Shell 'a'"][-2:] == ["1.3", "-"]
     assert text.splitlines()[-1].split()[-2:] == ["90.0", "13.0"]
+
+
+def test_allocated_bytes_counts_allocation_not_apparent_size(tmp_path: Path) -> None:
+    assert allocated_bytes(tmp_path / "missing") == 0
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "data").write_bytes(b"x" * 65536)
+    with open(tmp_path / "sparse", "wb") as fh:
+        fh.truncate(1 << 30)  # 1 GiB apparent, nothing allocated
+    total = allocated_bytes(tmp_path)
+    assert 65536 <= total < 1 << 20
