@@ -217,8 +217,10 @@ def _start_parent(tmp_path: Path, paths: list[Path], parallel_n: int) -> subproc
         "sys.exit(main(sys.argv[1:]))\n"
     )
     argv = [sys.executable, "-c", code, "build", *map(str, paths), "--parallel", str(parallel_n), "--json"]
+    # SIGINT back to default in the child: a background CI shell starts us with it ignored.
     return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ})  # fmt: skip
+                            start_new_session=True, env={**os.environ},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
 
 
 def _wait_started(paths: list[Path], timeout: float = 20) -> None:

@@ -50,6 +50,13 @@ BOOT_WAIT = 900.0  # generous: the CPU is shared and TCG is slow
 STEP_STARTED = "fault-step-started"
 
 
+def default_sigint() -> None:
+    """In the child: SIGINT back to its default. A test run started in the background by a
+    non-interactive shell (CI scripts, nohup … &) inherits SIGINT *ignored*, and Python then never
+    raises KeyboardInterrupt — the scenario would test the shell, not localbuilder."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -122,7 +129,8 @@ def start(tmp_path: Path, home: Path) -> Iterator[Start]:
     def _start(*args: str) -> subprocess.Popen[bytes]:
         err = open(tmp_path / "build.stderr", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen([sys.executable, "-m", "localbuilder", "build", *args], cwd=REPO,
-                                env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+                                env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=default_sigint)  # fmt: skip
         err.close()
         started.append(proc)
         return proc
@@ -177,7 +185,8 @@ def test_a_qemu_killed_during_boot(home: Path, tmp_path: Path, source_images: di
                                    start: Start) -> None:  # fmt: skip
     tpl = simple_template(tmp_path, "fault-a", LONG_STEP)
     out = tmp_path / "out"
-    proc = start(str(tpl), "--output-dir", str(out))
+    # --no-cache: a checkpoint left by an earlier scenario would resume instead of booting.
+    proc = start(str(tpl), "--output-dir", str(out), "--no-cache")
     watch = Watch("fault-a")
     watch.wait("the guest to boot", watch.booting, proc)
     pids = watch.qemu_pids()
@@ -196,7 +205,7 @@ def test_d_e_signal_during_boot(home: Path, tmp_path: Path, source_images: dict[
     name = f"fault-{signal.Signals(signum).name.lower()}"
     tpl = simple_template(tmp_path, name, LONG_STEP)
     out = tmp_path / "out"
-    proc = start(str(tpl), "--output-dir", str(out))
+    proc = start(str(tpl), "--output-dir", str(out), "--no-cache")  # a real boot, not a resume
     watch = Watch(name)
     watch.wait("the guest to boot", watch.booting, proc)
     proc.send_signal(signum)
@@ -213,7 +222,7 @@ def test_g_build_timeout_during_boot(home: Path, tmp_path: Path, source_images: 
     assert template is not None
     out = tmp_path / "out"
     # In-process with a 20 s bound (the template's minimum, a minute, would cost a minute of boot).
-    options = BuildOptions(output_dir=out, timeout_seconds=20)
+    options = BuildOptions(output_dir=out, timeout_seconds=20, use_cache=False)  # a real boot
     build = Build(template, tpl, LocalPlatform(progress=False), options)
     watch = Watch("fault-g")
     record = build.execute()

@@ -124,7 +124,9 @@ def test_killing_shell_mid_boot_leaves_nothing(
     if backend == "libvirt":
         uri = request.getfixturevalue("libvirt_uri")
         before = libvirt_domains(uri)
-    proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # SIGINT back to default in the child: a background CI shell starts us with it ignored.
+    proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         if backend == "qemu":
             started = _wait_for(lambda: bool(qemu_pids(str(home))), 30)
