@@ -12,9 +12,7 @@ One LOCALBUILDER_HOME for the module, so the builds share the cache as a user's 
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from localbuilder import checkpoints, vhd
 from localbuilder.__main__ import main
 from localbuilder.inspect import Ext4Reader, ReadAt, parse_partitions
 from localbuilder.state import RunDir, RunState, iter_runs
-from tests.build.test_build_integration import URN, processes_mentioning, write_template
+from tests.build.test_build_integration import home, processes_mentioning, write_template
 
 pytestmark = pytest.mark.integration
 
@@ -34,19 +32,8 @@ COMPARED_DIRS = ("/etc", "/usr/local", "/opt", "/srv", "/root", "/home")
 VOLATILE = re.compile(r"^/etc/(hostname|hosts|ld\.so\.cache|resolv\.conf)$")
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory, debian_image: Any) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("cphome")
-    old = os.environ.get("LOCALBUILDER_HOME")
-    os.environ["LOCALBUILDER_HOME"] = str(home)
-    try:
-        assert main(["image", "add", str(debian_image.path), "--urn", URN]) == 0
-        yield home
-    finally:
-        if old is None:
-            os.environ.pop("LOCALBUILDER_HOME", None)
-        else:
-            os.environ["LOCALBUILDER_HOME"] = old
+# The module-scoped LOCALBUILDER_HOME (catalog holding the Debian 12 test image), one per module.
+__all__ = ["home"]
 
 
 def steps(last: str) -> list[dict[str, Any]]:
