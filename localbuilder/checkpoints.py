@@ -178,9 +178,10 @@ class Entry:
     def size(self) -> int:
         """Bytes on disk (allocated blocks: qcow2 layers and memory states are sparse-friendly)."""
         total = 0
-        for f in self.path.iterdir():
-            with contextlib.suppress(OSError):
-                total += f.stat().st_blocks * 512
+        with contextlib.suppress(OSError):  # removed meanwhile (another prune): counts as empty
+            for f in list(self.path.iterdir()):
+                with contextlib.suppress(OSError):
+                    total += f.stat().st_blocks * 512
         return total
 
     def live_state(self) -> LiveState | None:
