@@ -124,15 +124,28 @@ class QMPClient:
 
     # ---- API ------------------------------------------------------------------------------------
 
-    def execute(self, command: str, arguments: dict[str, Any] | None = None, *, timeout: float = 30.0) -> Any:
-        """Run one QMP command and return its ``return`` value; QMPError on an error reply."""
+    def execute(
+        self,
+        command: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        timeout: float = 30.0,
+        fds: list[int] | None = None,
+    ) -> Any:
+        """Run one QMP command and return its ``return`` value; QMPError on an error reply.
+
+        ``fds`` travel with the command's message as SCM_RIGHTS ancillary data (what ``getfd`` needs)."""
         if self.closed:
             raise QMPClosed(f"cannot run {command}: QMP connection closed (qemu has exited)")
         request: Message = {"execute": command}
         if arguments:
             request["arguments"] = arguments
+        data = json.dumps(request).encode() + b"\r\n"
         try:
-            self._sock.sendall(json.dumps(request).encode() + b"\r\n")
+            if fds:
+                socket.send_fds(self._sock, [data], fds)
+            else:
+                self._sock.sendall(data)
         except OSError as exc:
             self.closed = True
             raise QMPClosed(f"cannot run {command}: QMP connection closed ({exc})") from exc
@@ -145,23 +158,9 @@ class QMPClient:
         return reply.get("return")
 
     def pass_fd(self, name: str, fd: int, *, timeout: float = 30.0) -> None:
-        """Hand ``fd`` to qemu under ``name`` (QMP ``getfd``): the fd travels as SCM_RIGHTS ancillary data
-        on the command's own message. Used for migration streams (``migrate uri=fd:NAME``), so that no
-        path ever reaches a shell (``exec:`` URIs run /bin/sh inside qemu)."""
-        if self.closed:
-            raise QMPClosed("cannot pass a file descriptor: QMP connection closed (qemu has exited)")
-        request = json.dumps({"execute": "getfd", "arguments": {"fdname": name}}).encode() + b"\r\n"
-        try:
-            socket.send_fds(self._sock, [request], [fd])
-        except OSError as exc:
-            self.closed = True
-            raise QMPClosed(f"cannot pass a file descriptor: QMP connection closed ({exc})") from exc
-        reply = self._read_message(timeout)
-        if reply is None:
-            raise BackendError(f"QMP getfd got no answer within {timeout:.0f} s")
-        if "error" in reply:
-            err = reply["error"]
-            raise QMPError(f"QMP getfd failed: {err.get('class')}: {err.get('desc')}")
+        """Hand ``fd`` to qemu under ``name`` (QMP ``getfd``). Used for migration streams (``migrate
+        uri=fd:NAME``), so that no path ever reaches a shell (``exec:`` URIs run /bin/sh inside qemu)."""
+        self.execute("getfd", {"fdname": name}, timeout=timeout, fds=[fd])
 
     def events(self, name: str | None = None) -> list[Message]:
         """All events seen so far (reading what is waiting, without blocking), optionally by name."""
