@@ -28,6 +28,7 @@ from localbuilder.cli import build_parser
 from localbuilder.commands import build as build_cmd
 from localbuilder.invocation import Invocation
 from localbuilder.state import LastRunStatus, RunDir, RunRecord, RunState, RunSubState, iter_runs, now_iso
+from tests.build.test_build_integration import write_template
 
 FAKE_CHILD = Path(__file__).with_name("fake_build_child.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -44,20 +45,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def template(directory: Path, name: str, *, output: str | None = None, **behaviour: Any) -> Path:
     """A valid bare template named ``name`` plus the fake child's behaviour for it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    body = {
-        "type": "Microsoft.VirtualMachineImages/imageTemplates",
-        "apiVersion": "2022-07-01",
-        "location": "westeurope",
-        "properties": {
-            "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12",
-                       "version": "latest"},
-            "customize": [{"type": "Shell", "name": "hello", "inline": ["echo hello"]}],
-            "distribute": [{"type": "VHD", "runOutputName": output or name}],
-        },
-    }  # fmt: skip
-    path = directory / f"{name}.json"
-    path.write_text(json.dumps(body))
+    path = write_template(directory, name, [{"type": "Shell", "name": "hello", "inline": ["echo hello"]}],
+                          distribute=[{"type": "VHD", "runOutputName": output or name}])  # fmt: skip
     path.with_suffix(".behaviour.json").write_text(json.dumps(behaviour))
     return path
 
