@@ -11,7 +11,9 @@ tree at the module that talks to the library, with ``raise … from exc``.
     ├── SourceError                   building or resolving a source image
     ├── CommandError                  a host subprocess failed (run.py)
     ├── BackendError                  QEMU/libvirt could not start or stop a guest
-    │   └── AcceleratorError          the requested accelerator is not usable
+    │   ├── AcceleratorError          the requested accelerator is not usable
+    │   └── CheckpointError           a checkpoint could not be cut or proven (quiesce, marker)
+    │       └── CheckpointMismatch    a resumed guest is not in the checkpoint's state: not used
     ├── CommunicatorError             SSH/WinRM
     │   ├── CommunicatorTimeout       the guest did not answer in time
     │   ├── Disconnected              the connection dropped (reboot, crash)
@@ -85,6 +87,15 @@ class BackendError(LocalBuilderError):
 
 class AcceleratorError(BackendError):
     pass
+
+
+class CheckpointError(BackendError):
+    pass
+
+
+class CheckpointMismatch(CheckpointError):
+    """Raised by a platform's boot when the guest it resumed from a checkpoint does not say it is that
+    checkpoint (``localbuilder.quiesce.confirm``): the build discards the checkpoint and goes on without."""
 
 
 class CommunicatorError(LocalBuilderError):

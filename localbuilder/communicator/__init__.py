@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +26,15 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.exit_status == 0
+
+
+@dataclasses.dataclass
+class Held:
+    """A guest command held at a point (``Communicator.hold``): ``line`` is the stdout line that said it
+    got there; ``result`` is filled in once the command was released and ended."""
+
+    line: str
+    result: CommandResult | None = None
 
 
 class Communicator(Protocol):
@@ -52,3 +62,14 @@ class Communicator(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class CanHold(Protocol):
+    """A communicator that can keep one command waiting while the host acts (SSH; not WinRM)."""
+
+    def hold(self, command: str, *, ready: str, timeout: float) -> AbstractContextManager[Held]:
+        """Run ``command`` until it prints a stdout line starting with ``ready``; keep it waiting on its
+        stdin while the block runs; then send it one newline (also when the block raises), close its
+        stdin and wait for it to end. Used to keep the guest's filesystems frozen from one command
+        while the host cuts a checkpoint (``localbuilder.quiesce``): nothing new starts in the guest."""
+        ...

@@ -25,13 +25,14 @@ bounded tail is kept; a ``disconnect`` reply raises Disconnected and leaves it d
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
-from localbuilder.communicator import CommandResult, OutputCallback
+from localbuilder.communicator import CommandResult, Held, OutputCallback
 from localbuilder.communicator.output import StreamTail, tails
 from localbuilder.errors import CommunicatorError, CommunicatorTimeout, Disconnected
 
@@ -175,6 +176,24 @@ class FakeCommunicator:
             stderr_tail=err.text(),
             duration=reply.duration,
         )
+
+    @contextlib.contextmanager
+    def hold(self, command: str, *, ready: str, timeout: float) -> Iterator[Held]:
+        """The reply's stdout must contain a line starting with ``ready`` (else CommunicatorError, as a
+        command that ended early); ``result`` is the whole reply once the block is done."""
+        result = self.run(command, timeout=timeout)
+        self.events[-1] = f"hold: {command}"
+        line = next((x for x in result.stdout_tail.splitlines() if x.startswith(ready)), None)
+        if line is None:
+            raise CommunicatorError(
+                f"{command!r} ended (exit {result.exit_status}) before it printed {ready!r}"
+            )
+        held = Held(line=line)
+        try:
+            yield held
+        finally:
+            self.events.append(f"released: {command}")
+        held.result = result
 
     def upload(self, src: Path, dst: str, *, mode: int | None = None) -> None:
         self._require_connection(f"upload to {dst}")

@@ -33,7 +33,7 @@ from types import TracebackType
 
 import paramiko
 
-from localbuilder.communicator import CommandResult, OutputCallback
+from localbuilder.communicator import CommandResult, Held, OutputCallback
 from localbuilder.communicator.output import StreamTail, tails
 from localbuilder.errors import CommunicatorError, CommunicatorTimeout, Disconnected, HostKeyMismatch
 from localbuilder.keys import PublicKey, fingerprint_blob, parse_public_line
@@ -509,6 +509,88 @@ class SSHCommunicator:
                         f"keepalive for {self.liveness_timeout:g} s)" + tails(out, err),
                         hint="the guest hung, crashed or was paused; the console log may say why",
                     )
+
+    @contextlib.contextmanager
+    def hold(self, command: str, *, ready: str, timeout: float) -> Iterator[Held]:
+        """See ``communicator.CanHold``. ``timeout`` bounds the wait for ``ready`` and, separately, the
+        command's end after the release."""
+        transport = self._live_transport(f"run {_short(command)!r}")
+        what = f"starting {_short(command)!r}"
+        try:
+            with self._watchdog(transport, what):
+                chan = transport.open_session(timeout=self.liveness_timeout)
+        except paramiko.ChannelException as exc:
+            raise CommunicatorError(f"the guest at {self.target} refused a new session: {exc}") from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._lost(what, exc) from None
+        seen: list[str] = []
+        out = StreamTail("stdout", lambda _stream, line: seen.append(line))
+        err = StreamTail("stderr", None)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                    chan.sendall(b"\n")
+
+        try:
+            try:
+                with self._watchdog(transport, what):
+                    chan.exec_command(command)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise self._lost(what, exc) from None
+            held = Held(line=self._wait_for_line(chan, transport, command, ready, timeout, seen, out, err))
+            try:
+                yield held
+            finally:
+                release()
+            self._pump(chan, transport, command, timeout, time.monotonic(), None, out, err)
+            out.finish()
+            err.finish()
+            if not chan.exit_status_ready():
+                raise self._lost(f"running {_short(command)!r}", transport.get_exception())
+            held.result = CommandResult(exit_status=chan.recv_exit_status(), stdout_tail=out.text(),
+                                        stderr_tail=err.text(), duration=0.0)
+        finally:
+            release()
+            chan.close()
+
+    def _wait_for_line(
+        self,
+        chan: paramiko.Channel,
+        transport: paramiko.Transport,
+        command: str,
+        ready: str,
+        timeout: float,
+        seen: list[str],
+        out: StreamTail,
+        err: StreamTail,
+    ) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            match = next((line for line in seen if line.startswith(ready)), None)
+            if match is not None:
+                return match
+            if chan.exit_status_ready() and not chan.recv_ready():
+                out.finish()
+                err.finish()
+                raise CommunicatorError(
+                    f"{_short(command)!r} ended (exit {chan.recv_exit_status()}) before it printed {ready!r}"
+                    + tails(out, err)
+                )
+            if not transport.is_active():
+                raise self._lost(f"running {_short(command)!r}", transport.get_exception())
+            if time.monotonic() > deadline:
+                raise CommunicatorTimeout(
+                    f"{_short(command)!r} did not print {ready!r} within {timeout:g} s" + tails(out, err)
+                )
+            select.select([chan], [], [], 0.05)
+            while chan.recv_ready():
+                out.feed(chan.recv(65536))
+            while chan.recv_stderr_ready():
+                err.feed(chan.recv_stderr(65536))
 
     # ------------------------------------------------------------------------------------------ files
 
