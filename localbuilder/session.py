@@ -253,8 +253,8 @@ def linux_guest(
         except BaseException:
             if keep and guest.is_running():
                 kept = True
-                log.warning("leaving guest %s running for inspection (--on-error abort): %s\n  stop it with "
-                            "kill/virsh destroy, and remove %s afterwards", name, lg.ssh_command(), guest_dir)
+                # The caller tells the user how to reach and stop it (build: `localbuilder cancel RUN`).
+                log.debug("leaving guest %s running (keep=True) in %s", name, guest_dir)
             raise
     finally:
         if not kept:
