@@ -440,8 +440,12 @@ class Build:
         chain, self.chain = self.chain, None
         if chain is None:
             return
+        from localbuilder import pins
+
         try:
-            result = chain.close(prune_to=checkpoints.default_max_size())
+            # Pins what a failed run (kept guest, --resume) still needs before it releases its locks.
+            result = pins.close_chain(chain, self.run.path, self.record,
+                                      prune_to=checkpoints.default_max_size())
         except (OSError, LocalBuilderError) as exc:
             log.warning("could not prune the checkpoint cache: %s", exc)
             return

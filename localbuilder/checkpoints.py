@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -44,7 +45,7 @@ from typing import Any
 from localbuilder import paths
 from localbuilder.errors import UsageError
 from localbuilder.session import LiveState
-from localbuilder.state import now_iso, write_json_atomic
+from localbuilder.state import ProcessInfo, _start_ticks, now_iso, write_json_atomic
 
 log = logging.getLogger("localbuilder.checkpoints")
 
@@ -58,7 +59,9 @@ LOCK = "lock"
 # Default bound of the cache after each build; `localbuilder cache prune --max-size` for more control.
 DEFAULT_MAX_SIZE = 20 * 1024**3
 MAX_SIZE_ENV = "LOCALBUILDER_CACHE_MAX_SIZE"
-STALE_TMP_SECONDS = 3600
+STALE_TMP_SECONDS = 3600  # staging dirs without an owner in their name (older versions)
+# .tmp-<key[:12]>-<owner pid>-<owner start ticks>-<random>: who is writing it, proof against pid reuse.
+_STAGING_RE = re.compile(r"^\.tmp-([0-9a-f]{1,12})-(\d+)-(\d+)-")
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -198,6 +201,60 @@ class PruneResult:
     kept: tuple[Entry, ...]
     in_use: tuple[Entry, ...]  # would have been removed, but a build holds them
     freed: int
+    pinned: tuple[tuple[Entry, str], ...] = ()  # would have been removed, but a run needs them (why)
+    stopped: tuple[str, ...] = ()  # kept guests stopped by force=True
+
+
+@dataclasses.dataclass(frozen=True)
+class StagingDir:
+    """A ``.tmp-*`` directory an entry is being written in, and the process writing it."""
+
+    path: Path
+    key_prefix: str
+    pid: int | None  # None: a staging dir of an older version (no owner in its name)
+    start_ticks: int | None
+
+    @classmethod
+    def parse(cls, path: Path) -> StagingDir:
+        m = _STAGING_RE.match(path.name)
+        if m is None:
+            return cls(path, path.name[len(".tmp-"):].split("-", 1)[0], None, None)
+        ticks = int(m.group(3))
+        return cls(path, m.group(1), int(m.group(2)), ticks or None)
+
+    def owner_alive(self) -> bool | None:
+        """True/False; None when the owner is unknown."""
+        if self.pid is None:
+            return None
+        # The cache is local: the owner is a process of this host.
+        return ProcessInfo(self.pid, socket.gethostname(), self.start_ticks).is_alive() is not False
+
+    def size(self) -> int:
+        total = 0
+        with contextlib.suppress(OSError):
+            for f in list(self.path.rglob("*")):
+                with contextlib.suppress(OSError):
+                    total += f.lstat().st_blocks * 512
+        return total
+
+    @property
+    def modified(self) -> float:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+
+def _make_private(path: Path) -> None:
+    """0700 for the directory, 0600 for every file in it, whatever the umask of whoever wrote them
+    (qemu-img and qemu create files 0644 under the usual umask 022)."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+        for f in path.iterdir():
+            if f.is_file() and not f.is_symlink():
+                os.chmod(f, 0o600)
+
+
 
 
 class Holder:
@@ -276,15 +333,30 @@ class CheckpointCache:
         out = [e for p in sorted(self.root.iterdir()) if (e := self.get(p.name)) is not None]
         return out
 
+    def staging_dirs(self) -> list[StagingDir]:
+        """Entries being written (or left behind by a build that died before it committed)."""
+        if not self.root.is_dir():
+            return []
+        return [StagingDir.parse(p) for p in sorted(self.root.glob(".tmp-*")) if p.is_dir()]
+
     @contextlib.contextmanager
     def staging(self, key: str) -> Iterator[Path]:
-        """A private directory to build entry ``key`` in; removed unless ``commit`` took it over."""
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=self._ensure()))
+        """A private directory to build entry ``key`` in; removed unless ``commit`` took it over.
+
+        Its name carries the owner (pid and /proc start time): prune removes it as soon as the owner is
+        dead, and never while it lives. In the name rather than in a file inside, so the directory is
+        never ownerless, not even between its creation and a first write.
+        """
+        me = os.getpid()
+        owner = f"{me}-{_start_ticks(me) or 0}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-{owner}-", dir=self._ensure()))  # 0700
         try:
             yield tmp
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+            elif (self.root / key).is_dir():
+                _make_private(self.root / key)  # committed: its files were written with the umask
 
     def commit(self, staging: Path, meta: EntryMeta) -> Entry | None:
         """Make the staged entry visible in one rename; None when another build committed the same key
@@ -334,11 +406,16 @@ class CheckpointCache:
         finally:
             os.close(fd)
 
-    def prune(self, max_size: int, *, everything: bool = False) -> PruneResult:
+    def prune(self, max_size: int, *, everything: bool = False, force: bool = False) -> PruneResult:
         """Keep the most recently used entries that fit in ``max_size`` bytes; remove the rest, children
-        before parents, never an entry in use (nor the ancestors of one)."""
+        before parents, never an entry in use (nor the ancestors of one), nor one pinned by a finished run
+        that still needs it (``localbuilder.pins``) unless ``force``: that first stops the guests kept by
+        the runs whose entries it removes."""
+        from localbuilder import pins  # pins reads run state and imports this module
+
         entries = self.entries()
         self._remove_stale_tmp()
+        pinned = pins.pinned_keys(pins.load(self.root, [e.key for e in entries]), entries)
         by_key = {e.key: e for e in entries}
         # A parent counts as recent as its most recent descendant (it is needed by it); newest first and,
         # among equals, parents first — so what is kept is always whole chains from their roots.
@@ -361,11 +438,20 @@ class CheckpointCache:
                 doomed.append(e)
         removed: list[Entry] = []
         in_use: list[Entry] = []
+        held_by_pins: list[tuple[Entry, str]] = []
+        stopped: list[str] = []
+        if force:
+            affected = {id(ap): ap for e in doomed for ap in pinned.get(e.key, ())}
+            stopped = pins.stop_kept_guests(affected.values())
         freed = 0
         children = self._descendants(entries)
         blocked: set[str] = set()
         # Deepest first, so children go before their parents; a held child keeps its ancestors.
         for e in sorted(doomed, key=lambda e: -e.meta.depth):
+            if not force and e.key in pinned:
+                blocked.add(e.key)
+                held_by_pins.append((e, pins.describe(pinned[e.key])))
+                continue
             if any(c in blocked or (c in by_key and by_key[c] in kept) for c in children.get(e.key, ())):
                 blocked.add(e.key)
                 in_use.append(e)
@@ -377,17 +463,20 @@ class CheckpointCache:
             else:
                 blocked.add(e.key)
                 in_use.append(e)
-        return PruneResult(tuple(removed), tuple(kept), tuple(in_use), freed)
+        return PruneResult(tuple(removed), tuple(kept), tuple(in_use), freed, pinned=tuple(held_by_pins),
+                           stopped=tuple(stopped))
 
     def _remove_stale_tmp(self) -> None:
-        """Staging directories of builds that died (SIGKILL, power loss) before they committed."""
+        """Staging directories of builds that died (SIGKILL, power loss) before they committed: as soon as
+        their owner is gone; one without an owner in its name (older versions) after an hour."""
         if not self.root.is_dir():
             return
         now = time.time()
-        for p in self.root.glob(".tmp-*"):
-            with contextlib.suppress(OSError):
-                if now - p.stat().st_mtime > STALE_TMP_SECONDS:
-                    shutil.rmtree(p, ignore_errors=True)
+        for staged in self.staging_dirs():
+            alive = staged.owner_alive()
+            if alive is False or (alive is None and now - staged.modified > STALE_TMP_SECONDS):
+                log.debug("removing %s (its build is gone)", staged.path.name)
+                shutil.rmtree(staged.path, ignore_errors=True)
 
 
 class BuildChain:

@@ -40,8 +40,9 @@ def test_list_shows_newest_first(capsys: pytest.CaptureFixture[str]) -> None:
     assert [line.split()[0] for line in lines[1:4]] == [k(3)[:12], k(1)[:12], k(2)[:12]]
     assert lines[-1].startswith("3 checkpoints")
     assert main(["cache", "list", "--json"]) == 0
-    data = json.loads(capsys.readouterr().out)
+    data = json.loads(capsys.readouterr().out)["checkpoints"]
     assert [d["key"] for d in data] == [k(3), k(1), k(2)] and data[2]["parent"] == k(1)
+    assert data[0]["pinnedBy"] == []
 
 
 def test_prune_to_a_size_keeps_the_newest_and_spares_held_entries(capsys: pytest.CaptureFixture[str]) -> None:
