@@ -84,6 +84,7 @@ CLOUD_INIT_WAIT_SECONDS = 10 * 60
 MAX_WORKDIR_BYTES = 75
 CANCELED_MESSAGE = "the build was canceled; nothing was left running"
 INVOCATION_FILE = "invocation.json"
+WORK_VHD = "image.vhd"  # the converted VHD in the run directory, before the distributors place it
 
 
 class OnError(enum.StrEnum):
@@ -333,6 +334,7 @@ class Build:
         self.checkpoint_seconds = 0.0
         self.user_deprovision = False
         self.source_image: SourceImage | None = None  # OS type + Hyper-V generation for Azure targets
+        self.distribute_hints: list[str] = []  # of the failed targets, for the final message
 
     # -- state ------------------------------------------------------------------------------------------
 
@@ -358,11 +360,11 @@ class Build:
                 hint=f"Stop it first: localbuilder cancel {previous.run_id}",
             )
         run.cancel_file.unlink(missing_ok=True)
+        # The run keeps its start time (show-runs, AIB's lastRunStatus.startTime); each resume is recorded.
         record = dataclasses.replace(
             previous, process=ProcessInfo.current(), failed_step=None, kept_guest=None, run_outputs=(),
-            phases=(),
-        ).with_status(start_time=now_iso(), run_state=RunState.Running, run_sub_state=RunSubState.Queued,
-                      message="", end_time=None)
+            phases=(), resume_times=(*previous.resume_times, now_iso()),
+        ).with_status(run_state=RunState.Running, run_sub_state=RunSubState.Queued, message="", end_time=None)
         run.write(record)
         return run, previous
 
@@ -429,12 +431,24 @@ class Build:
                     raise
                 finally:
                     self.interrupts.disarm()
+                    self._remove_work_vhd()
                     self._finish(*final)
         finally:
             self._release_checkpoints()
             self.clog.close()
             remove_handler(handler)
         return self.record
+
+    def _remove_work_vhd(self) -> None:
+        """No VHD stays in the run directory, whatever ended the run (docs/reliability.md): the targets
+        hold their own links or copies. Except under a validation guest kept by --on-error abort: its
+        overlay is backed by the VHD, and ``localbuilder cancel`` removes both."""
+        if self.record.kept_guest is not None:
+            return
+        try:
+            (self.run.path / WORK_VHD).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove the work VHD: %s", exc)
 
     def _release_checkpoints(self) -> None:
         chain, self.chain = self.chain, None
@@ -475,8 +489,9 @@ class Build:
         level = logging.INFO if state is RunState.Succeeded else logging.ERROR
         log.log(level, "%s %s: %s", self.template.name, state, message or "all phases completed")
         for out in self.record.run_outputs:
+            note = out.note if out.note and out.note not in message else ""  # said once
             log.info("runOutput %s: %s %s%s", out.name, out.provisioning_state, out.artifact_uri or "",
-                     f" ({out.note})" if out.note else "")
+                     f" ({note})" if note else "")
 
     def _run_phases(self) -> tuple[RunState, str]:
         tpl = self.template
@@ -507,10 +522,10 @@ class Build:
         if validation_failure:
             # FACTS §6: continueDistributeOnFailure distributes, but the run still fails.
             return RunState.Failed, validators.outcome_message(validation_failure, distributed=True)
-        if failed and len(failed) == len(outputs):
-            return RunState.Failed, "; ".join(f"{o.name}: {o.note}" for o in failed)
         if failed:
-            return RunState.PartiallySucceeded, "; ".join(f"{o.name}: {o.note}" for o in failed)
+            message = "; ".join(f"{o.name}: {o.note}" for o in failed)
+            message += "".join(f"\nhint: {h}" for h in dict.fromkeys(self.distribute_hints))
+            return (RunState.Failed if len(failed) == len(outputs) else RunState.PartiallySucceeded), message
         return RunState.Succeeded, ""
 
     # -- Queued -----------------------------------------------------------------------------------------
@@ -671,7 +686,7 @@ class Build:
                 f"the source image {image.label} is a {image.os} image but the template is for {self.os}",
                 hint="Check properties.source and the catalog entry's --os.",
             )
-        vhd = self.run.path / "image.vhd"
+        vhd = self.run.path / WORK_VHD
         policy = self._policy(tpl.error_handling.on_customizer_error)
         self.chain = self._checkpoint_chain(image)
         restore = self.chain.restore_point() if self.chain is not None else None
@@ -951,8 +966,12 @@ class Build:
             try:
                 with complete_step(title), self._phase(title):
                     out = distributor.distribute(ctx)
+            except (BuildTimeout, Canceled):
+                raise  # the run ends (Canceled / timeout), not just this target
             except LocalBuilderError as exc:
-                log.error("%s failed: %s", title, exc.message)
+                # The reason is said once, in the run's final message (with the hint); not here too.
+                if exc.hint:
+                    self.distribute_hints.append(exc.hint)
                 out = RunOutput(
                     name=distributor.run_output_name,
                     type=distributor.type_name,
@@ -960,7 +979,9 @@ class Build:
                     artifact_tags=dict(target.artifact_tags),
                     note=exc.message,
                 )
-            if out.note:
+            if out.provisioning_state != "Succeeded" and i + 1 < len(self.template.distribute):
+                log.warning("%s failed; the other targets still run (the reason is in the summary)", title)
+            elif out.note and out.provisioning_state == "Succeeded":
                 log.warning("%s: %s", title, out.note)
             outputs.append(out)
             self.record = dataclasses.replace(self.record, run_outputs=tuple(outputs))

@@ -237,6 +237,16 @@ def _remove_work_files(record: RunRecord, run_path: Path) -> None:
             partial.unlink(missing_ok=True)
 
 
+def remove_guest_files(run: RunDir, record: RunRecord) -> None:
+    """After the run's guests have stopped: what ``localbuilder cancel`` of a kept guest and the recovery
+    of a killed build both leave — the serial logs — and nothing else (overlays, qemu.stderr, seed and
+    key, sockets, the work VHD a kept validation guest booted from, the /var/tmp guest directory)."""
+    for d in _guest_dirs(run.path):
+        clean_guest_dir(d)
+    release_short_workdirs(run.path)
+    _remove_work_files(record, run.path)
+
+
 # -- runs -------------------------------------------------------------------------------------------------
 
 
@@ -313,8 +323,7 @@ def _recover_run(run: RunDir) -> RecoveredRun | None:
     if not failed:
         for d in dirs:
             clean_guest_dir(d)
-        release_short_workdirs(run.path)
-        _remove_work_files(record, run.path)
+        remove_guest_files(run, record)
 
     during = record.last_run_status.run_sub_state
     what = f"localbuilder was killed (pid {proc.pid}) during {during}"

@@ -305,6 +305,8 @@ class RunRecord:
     output_dir: str | None = None
     failed_step: str | None = None  # "customize[2] Shell 'install'" when a step failed
     guest: ActiveGuest | None = None  # the guest running now (recovery after a SIGKILL)
+    # When each `build --resume` continued this run; lastRunStatus.startTime stays the first start.
+    resume_times: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -320,6 +322,7 @@ class RunRecord:
             "outputDir": self.output_dir,
             "failedStep": self.failed_step,
             "guest": self.guest.as_dict() if self.guest else None,
+            "resumeTimes": list(self.resume_times),
         }
 
     @classmethod
@@ -336,6 +339,7 @@ class RunRecord:
             output_dir=d.get("outputDir"),
             failed_step=d.get("failedStep"),
             guest=ActiveGuest.from_dict(d["guest"]) if d.get("guest") else None,
+            resume_times=tuple(str(t) for t in d.get("resumeTimes") or ()),
         )
 
     @property

@@ -14,12 +14,14 @@ import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from localbuilder import invocation
+from localbuilder import invocation, paths, room
 from localbuilder.distributors import AzureOptions
-from localbuilder.errors import TemplateError, UsageError
+from localbuilder.errors import LocalBuilderError, TemplateError, UsageError
 from localbuilder.invocation import Invocation
 
 if TYPE_CHECKING:
+    from localbuilder.build import Platform, SourceImage
+    from localbuilder.room import Need
     from localbuilder.template.model import Template
 
 NAME = "build"
@@ -217,6 +219,9 @@ def _build(
     azure = _azure(
         inv.staging, inv.staging_account_id, inv.dry_run_azure, json_output=args.json, quiet=args.quiet
     )
+    # Before the run directory exists: a bad or full output directory fails now, not after the build.
+    run_dir = resume_run if resume_run is not None else paths.runs_dir() / template.name
+    room.check(_room_needs(template, platform, inv.output_dir, run_dir))
     options = BuildOptions(
         output_dir=inv.output_dir,
         on_error=OnError(inv.on_error) if inv.on_error else None,
@@ -231,6 +236,24 @@ def _build(
     if args.json:
         print(json.dumps(record.as_dict(), indent=2))
     return exit_code(record)
+
+
+def _room_needs(template: Template, platform: Platform, output_dir: Path | None, run_dir: Path) -> list[Need]:
+    """Probe where the build writes its VHDs (UsageError if unusable) and size what lands there."""
+    validate = template.validate
+    if validate is not None and validate.source_validation_only:
+        return []  # the source is validated directly: no VHD is made
+    image: SourceImage | None
+    try:
+        image = platform.resolve(template.source)
+    except LocalBuilderError as exc:
+        # The build itself reports an unresolvable source, in its run; here only the size is unknown.
+        log.debug("cannot size the VHD before the build: %s", exc.message)
+        image = None
+    size = room.vhd_size(
+        image.path if image else None, image.format if image else None, template.vm_profile.os_disk_size_gb
+    )
+    return room.plan(size, len(template.distribute), output_dir=output_dir, run_dir=run_dir)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -290,6 +313,15 @@ def _build_many(args: argparse.Namespace) -> int:
     if invocations[0].output_dir is not None:
         _check_distinct_outputs(templates, args.templates, invocations[0].output_dir)
     _azure_options(args)  # a bad --staging fails before any build starts
+    # Room for every build's VHDs at once (--parallel N may run them all together), summed per filesystem.
+    from localbuilder.platform import LocalPlatform
+
+    platform = LocalPlatform()  # only resolves sources here
+    room.check(
+        need
+        for template, inv in zip(templates, invocations, strict=True)
+        for need in _room_needs(template, platform, inv.output_dir, paths.runs_dir() / template.name)
+    )
 
     labels = parallel.unique_labels([t.name for t in templates])
     global_options = [*(["--debug"] if args.debug else []), *(["--quiet"] if args.quiet else [])]

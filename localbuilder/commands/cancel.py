@@ -53,7 +53,7 @@ def _stop_kept_guest(kept_pid: int | None, domain: str | None, backend: str) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from localbuilder.recovery import recover_and_warn
+    from localbuilder.recovery import recover_and_warn, remove_guest_files
     from localbuilder.state import RunState, find_run, now_iso, reconcile
 
     recover_and_warn()  # builds that were killed: stop their guests, mark their runs
@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"run {record.run_id} already ended: {record.run_state}")
             return 0
         stopped = _stop_kept_guest(kept.pid, kept.domain, kept.backend)
+        # The guest's files stayed for it (the build keeps them while it runs): only its serial log stays.
+        remove_guest_files(rundir, record)
         rundir.write(dataclasses.replace(record, kept_guest=None))
         print(f"stopped the guest kept by run {record.run_id}" if stopped else "the guest was already gone")
         return 0

@@ -11,6 +11,7 @@ uploaded" note naming the option, and count as not succeeded — never a silent 
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import errno
 import importlib
@@ -102,14 +103,15 @@ class Distributor(abc.ABC):
 def place(src: Path, dst: Path, *, force: bool) -> None:
     """Put the VHD at ``dst``: a hard link when possible (instant, no extra space), else a sparse copy.
 
-    Written under a temporary name and renamed, so ``dst`` is never a partial file.
+    Written under a temporary name and renamed, so ``dst`` is never a partial file. Every OSError
+    (read-only, not a directory, disk full …) becomes a DistributeError naming ``dst``.
     """
-    if dst.exists() and not force:
-        raise DistributeError(f"{dst} already exists", hint="Pass --force to overwrite it.")
-    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.partial")
-    tmp.unlink(missing_ok=True)
     try:
+        if dst.exists() and not force:
+            raise DistributeError(f"{dst} already exists", hint="Pass --force to overwrite it.")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
         try:
             os.link(src, tmp)
         except OSError as exc:
@@ -130,9 +132,29 @@ def place(src: Path, dst: Path, *, force: bool) -> None:
                 ) from err
         os.replace(tmp, dst)
     except OSError as exc:
-        raise DistributeError(f"cannot write {dst}: {exc.strerror or exc}") from exc
+        raise os_error(exc, dst) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # ENOTDIR when the "directory" is a file: nothing to remove
+            tmp.unlink(missing_ok=True)
+
+
+def os_error(exc: OSError, dst: Path) -> DistributeError:
+    """An OSError while writing ``dst`` as the DistributeError a user can act on."""
+    reason = exc.strerror or str(exc)
+    other = "choose another --output-dir"
+    if exc.errno == errno.EROFS:
+        return DistributeError(f"cannot write {dst}: read-only file system",
+                               hint=f"Remount {dst.parent} read-write, or {other}.")  # fmt: skip
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return DistributeError(f"cannot write {dst}: {dst.parent} (or a parent) is not a directory",
+                               hint=f"Remove the file that is in the way, or {other}.")  # fmt: skip
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DistributeError(f"disk full while writing {dst} ({reason})",
+                               hint=f"Free space where {dst.parent} lives, or {other}.")  # fmt: skip
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return DistributeError(f"cannot write {dst}: {reason}",
+                               hint=f"Make {dst.parent} writable for this user, or {other}.")  # fmt: skip
+    return DistributeError(f"cannot write {dst}: {reason}", hint=f"Check {dst.parent}, or {other}.")
 
 
 _loaded = False

@@ -56,6 +56,7 @@ def full_record() -> RunRecord:
         kept_guest=KeptGuest("127.0.0.1", 2222, "lbuser", "/k", "qemu", pid=7),
         output_dir="/o",
         failed_step="customize[0] Shell 'x'",
+        resume_times=("2026-01-02T00:00:00Z", "2026-01-03T00:00:00Z"),
     )
 
 
@@ -63,6 +64,12 @@ def test_round_trip_through_json() -> None:
     record = full_record()
     again = RunRecord.from_dict(json.loads(json.dumps(record.as_dict())))
     assert again == record
+
+
+def test_a_state_without_resume_times_still_loads() -> None:
+    d = full_record().as_dict()
+    del d["resumeTimes"]  # written before `build --resume` kept the start time
+    assert RunRecord.from_dict(d).resume_times == ()
 
 
 def test_aib_field_names() -> None:
