@@ -125,6 +125,19 @@ def test_a_resumable_run_pins_its_chain(state: RunState) -> None:
     assert left(cache) == {k(5), k(6)}
 
 
+def test_a_run_resumed_right_now_stays_pinned() -> None:
+    """``build --resume RUN`` puts the run back to Running: its old pin holds until the resume ends (the
+    resumed build's flocks cover only the entries it restores)."""
+    cache = CheckpointCache()
+    chains(cache)
+    run = finished_run(RunState.Failed)
+    pin(cache, run, k(6))
+    run.write(run.read().with_status(run_state=RunState.Running))
+    result = cache.prune(0, everything=True)
+    assert left(cache) == {k(5), k(6)}
+    assert all(f"run hello/{run.run_id} is running again (--resume)" == why for _, why in result.pinned)
+
+
 def test_stale_pins_are_dropped(tmp_path: Path) -> None:
     cache = CheckpointCache()
     chains(cache)
