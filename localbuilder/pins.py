@@ -251,6 +251,7 @@ def stop_kept_guests(active: Iterable[ActivePin]) -> list[str]:
     """Stop the live kept guests of ``active`` as ``localbuilder cancel RUN`` does, and clear them from
     their runs' state (the runs stay resumable). Returns one line per guest stopped."""
     from localbuilder.commands.cancel import _stop_kept_guest
+    from localbuilder.recovery import remove_guest_files
 
     done: list[str] = []
     for ap in active:
@@ -268,6 +269,7 @@ def stop_kept_guests(active: Iterable[ActivePin]) -> list[str]:
             if pid is not None and ticks is not None and _start_ticks(pid) != ticks:
                 pid = None
             stopped = _stop_kept_guest(pid, kept.domain, kept.backend)
+            remove_guest_files(run, record)  # as cancel does: only the serial log stays
             run.write(dataclasses.replace(record, kept_guest=None))
             what = f"qemu pid {kept.pid}" if kept.pid is not None else f"domain {kept.domain}"
             if stopped:

@@ -109,5 +109,8 @@ def test_prune_keeps_a_kept_guests_chain_and_force_stops_it(home: Path, tmp_path
     assert not alive(kept2.pid)
     assert cache.entries() == [] and cache.staging_dirs() == []
     assert run2.read().kept_guest is None and run2.read().run_state is RunState.Failed
+    for run in (run1, run2):  # like cancel: the guest's files went, its serial log stayed
+        left = sorted(p.name for p in run.path.glob("vm-*/*/*"))
+        assert left == ["serial.log"], left
     for path in (run1.path, run2.path, cache.root):
         assert processes_mentioning(str(path)) == []
