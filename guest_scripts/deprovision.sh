@@ -112,6 +112,8 @@ say "removed cloud-init sudoers, machine-id, SSH host keys"
 # 5. AIB's own tail, then our own traces.
 export HISTSIZE=0
 case "$0" in /tmp/*.sh) rm -f "$0" ;; esac # the uploaded copy of this script; never anything else
+# The checkpoint marker (freeze.sh): which build checkpoint this guest was; no image keeps it.
+rm -rf /var/lib/localbuilder
 sync
 say "done"
 

@@ -38,18 +38,23 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
 from localbuilder import paths
-from localbuilder.errors import UsageError
+from localbuilder.errors import CommandError, UsageError
+from localbuilder.run import run
 from localbuilder.session import LiveState
 from localbuilder.state import ProcessInfo, _start_ticks, now_iso, write_json_atomic
 
 log = logging.getLogger("localbuilder.checkpoints")
 
-FORMAT = 1
+# 2: entries carry a digest of every file and were cut from a quiesced guest (localbuilder.quiesce).
+# The format is part of every key, so entries of an older format are never used (prune removes them).
+FORMAT = 2
 META = "meta.json"
 DISK = "disk.qcow2"
 STATE = "vmstate"
@@ -63,6 +68,9 @@ STALE_TMP_SECONDS = 3600  # staging dirs without an owner in their name (older v
 # .tmp-<key[:12]>-<owner pid>-<owner start ticks>-<random>: who is writing it, proof against pid reuse.
 _STAGING_RE = re.compile(r"^\.tmp-([0-9a-f]{1,12})-(\d+)-(\d+)-")
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+DIGEST_CHUNK = 4 * 1024 * 1024
+# A structural check of one disk layer: None when sound, else what is wrong (default: qemu-img check).
+LayerCheck = Callable[[Path], "str | None"]
 
 
 def _canonical(value: Any) -> bytes:
@@ -131,6 +139,35 @@ class LiveMeta:
 
 
 @dataclasses.dataclass(frozen=True)
+class FileDigest:
+    """Size and xxh3-128 of one file of an entry, taken when the entry is committed.
+
+    xxh3 rather than sha256: it guards against damage (a bit flip, a truncated or half-copied file),
+    not against someone who can write the private cache anyway, and it is ~5× faster here
+    (400 MB: 0.09-0.14 s against 0.46 s), which keeps verification far below what a checkpoint saves."""
+
+    size: int
+    xxh3: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"size": self.size, "xxh3_128": self.xxh3}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FileDigest:
+        return cls(size=int(d["size"]), xxh3=str(d["xxh3_128"]))
+
+    @classmethod
+    def of(cls, path: Path) -> FileDigest:
+        digest = xxhash.xxh3_128()
+        size = 0
+        with open(path, "rb") as fh:
+            while chunk := fh.read(DIGEST_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        return cls(size=size, xxh3=digest.hexdigest())
+
+
+@dataclasses.dataclass(frozen=True)
 class EntryMeta:
     key: str
     parent: str | None  # None: key 0, backed by the source image
@@ -142,12 +179,14 @@ class EntryMeta:
     backing: str  # the disk's backing file: the parent's disk.qcow2 or the source image
     backing_format: str
     live: LiveMeta | None = None
+    files: Mapping[str, FileDigest] = dataclasses.field(default_factory=dict)  # name → size + digest
 
     def as_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "key": self.key, "parent": self.parent, "depth": self.depth,
                 "title": self.title, "template": self.template, "runId": self.run_id, "created": self.created,
                 "backing": self.backing, "backingFormat": self.backing_format,
-                "live": self.live.as_dict() if self.live else None}
+                "live": self.live.as_dict() if self.live else None,
+                "files": {name: d.as_dict() for name, d in sorted(self.files.items())}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EntryMeta:
@@ -155,7 +194,8 @@ class EntryMeta:
                    template=str(d.get("template", "")), run_id=str(d.get("runId", "")),
                    created=str(d.get("created", "")), backing=str(d["backing"]),
                    backing_format=str(d.get("backingFormat", "qcow2")),
-                   live=LiveMeta.from_dict(d["live"]) if d.get("live") else None)
+                   live=LiveMeta.from_dict(d["live"]) if d.get("live") else None,
+                   files={str(k): FileDigest.from_dict(v) for k, v in (d.get("files") or {}).items()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,8 +295,6 @@ def _make_private(path: Path) -> None:
                 os.chmod(f, 0o600)
 
 
-
-
 class Holder:
     """Shared locks on the entries a build uses; released by ``close()`` (or when the process dies)."""
 
@@ -280,6 +318,13 @@ class Holder:
         self._paths[entry.key] = entry.path
         os.utime(entry.path / LOCK)  # last used: what prune orders by
         return True
+
+    def release(self, key: str) -> None:
+        fd = self._fds.pop(key, None)
+        self._paths.pop(key, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def touch_all(self) -> None:
         """Give every held entry the same last-used time: a chain then ages as one, and prune (which
@@ -362,9 +407,12 @@ class CheckpointCache:
         """Make the staged entry visible in one rename; None when another build committed the same key
         first. Theirs then stays and ours is discarded: the two have the same history but not the same
         bytes (timestamps, logs, allocation), so nothing of ours may ever be stacked on theirs."""
-        for f in staging.iterdir():
+        files: dict[str, FileDigest] = {}
+        for f in sorted(staging.iterdir()):
             with open(f, "rb+") as fh:
                 os.fsync(fh.fileno())
+            files[f.name] = FileDigest.of(f)  # just written: read back from the page cache
+        meta = dataclasses.replace(meta, files=files)
         write_json_atomic(staging / META, meta.as_dict())
         (staging / LOCK).touch()
         final = self.root / meta.key
@@ -380,6 +428,54 @@ class CheckpointCache:
         if entry is None:
             raise OSError(f"checkpoint {meta.key[:12]} vanished right after it was committed")
         return entry
+
+    def verify(
+        self, entry: Entry, names: Iterable[str] | None = None, *, layer_check: LayerCheck | None = None
+    ) -> tuple[str | None, int]:
+        """Check ``entry``'s files (all, or ``names``) against the sizes and digests recorded when it was
+        committed, and its disk layer with ``qemu-img check``. Returns (what is wrong or None, bytes read)."""
+        recorded = entry.meta.files
+        if not recorded or DISK not in recorded:
+            return "it has no recorded digests", 0
+        wanted = list(recorded) if names is None else [n for n in names if n in recorded]
+        read = 0
+        for name in wanted:
+            path = entry.path / name
+            try:
+                size = path.stat().st_size
+            except OSError as exc:
+                return f"{name} is missing ({exc.strerror})", read
+            if size != recorded[name].size:
+                return f"{name} has {size} bytes, {recorded[name].size} were written", read
+            try:
+                found = FileDigest.of(path)
+            except OSError as exc:
+                return f"{name} cannot be read ({exc.strerror})", read
+            read += found.size
+            if found != recorded[name]:
+                return f"{name} does not match its digest (damaged after it was written)", read
+        if DISK in wanted:
+            problem = (layer_check or check_layer)(entry.disk)
+            if problem:
+                return f"{DISK}: {problem}", read
+        return None, read
+
+    def discard(self, entry: Entry) -> list[Entry]:
+        """Remove ``entry`` and every entry stacked on it (children first); entries another build holds
+        stay (it verified them before it took them). Returns what was removed."""
+        entries = self.entries()
+        children = self._descendants(entries)
+        by_key = {e.key: e for e in entries}
+        doomed: list[Entry] = []
+        todo = [entry.key]
+        while todo:
+            key = todo.pop()
+            if key in by_key:
+                doomed.append(by_key[key])
+            todo.extend(children.get(key, ()))
+        if entry.key not in by_key:
+            doomed.append(entry)
+        return [e for e in sorted(doomed, key=lambda e: -e.meta.depth) if self.remove(e)]
 
     def _descendants(self, entries: Iterable[Entry]) -> dict[str, list[str]]:
         children: dict[str, list[str]] = {}
@@ -479,6 +575,15 @@ class CheckpointCache:
                 shutil.rmtree(staged.path, ignore_errors=True)
 
 
+def check_layer(disk: Path) -> str | None:
+    """``qemu-img check`` of one qcow2 layer (its metadata, and that its backing chain opens); None = ok."""
+    try:
+        run(["qemu-img", "check", "-q", "-f", "qcow2", disk])
+    except CommandError as exc:
+        return (exc.stderr_tail.strip().splitlines() or [f"qemu-img check exit {exc.returncode}"])[-1]
+    return None
+
+
 class BuildChain:
     """One build's view of the cache: which checkpoint to start from, and saving new ones as it goes.
 
@@ -496,6 +601,7 @@ class BuildChain:
         run_id: str,
         source: Path,
         source_format: str,
+        layer_check: LayerCheck | None = None,
     ) -> None:
         if len(titles) != len(keys):
             raise ValueError("one title per key")
@@ -509,18 +615,71 @@ class BuildChain:
         self.holder = Holder()
         self.saved: dict[int, Entry] = {}  # depth → entry this build can build on
         self.enabled = True
+        self.layer_check = layer_check
+        self._verified: set[tuple[str, bool]] = set()  # (key, whole entry or only its disk)
+        self.verify_seconds = 0.0
+        self.verified_bytes = 0
+        self.rejected: list[tuple[Entry, str]] = []
 
     def restore_point(self) -> Entry | None:
-        """The deepest cached point of this chain (held: no prune can take it away), or None."""
+        """The deepest cached point of this chain that proves whole (held: no prune can take it away).
+
+        Every layer below it must match its digests and pass ``qemu-img check``, and the point itself
+        every file (memory state, seed, key). A damaged entry is discarded together with the entries
+        stacked on it, with a warning naming it, and the build continues from the deepest good ancestor.
+        """
         hits = self.cache.deepest(self.keys)
-        held: list[Entry] = []
+        chain: list[Entry] = []
         for entry in hits:
             if not self.holder.hold(entry):
                 break
-            held.append(entry)
-        for depth, entry in enumerate(held):
-            self.saved[depth] = entry
-        return held[-1] if held else None
+            chain.append(entry)
+        while chain:
+            bad = next((i for i, e in enumerate(chain) if self._check(e, whole=False)), None)
+            if bad is None and not self._check(chain[-1], whole=True):
+                break
+            index = bad if bad is not None else len(chain) - 1
+            chain = chain[:index]
+        self.saved = dict(enumerate(chain))
+        if chain:
+            log.debug("verified the checkpoint chain up to %s: %.1f MB in %.2f s", chain[-1].key[:12],
+                      self.verified_bytes / 1e6, self.verify_seconds)
+        return chain[-1] if chain else None
+
+    def _check(self, entry: Entry, *, whole: bool) -> bool:
+        """True when ``entry`` is damaged (and then rejected). ``whole``: every file, else its disk."""
+        disk_ok = (entry.key, False) in self._verified
+        if (entry.key, True) in self._verified or (disk_ok and not whole):
+            return False
+        names: list[str] | None = None if whole else [DISK]
+        if whole and disk_ok:
+            names = [n for n in entry.meta.files if n != DISK]
+        start = time.monotonic()
+        problem, read = self.cache.verify(entry, names, layer_check=self.layer_check)
+        self.verify_seconds += time.monotonic() - start
+        self.verified_bytes += read
+        if problem is None:
+            self._verified.add((entry.key, whole))
+            self._verified.add((entry.key, False))
+            return False
+        self.reject(entry, problem)
+        return True
+
+    def reject(self, entry: Entry, why: str) -> None:
+        """Never use ``entry`` again: drop it and everything stacked on it, from this build and the cache."""
+        log.warning("checkpoint %s (after %s) is not usable: %s; discarding it and the %s",
+                    entry.key[:12], entry.meta.title, why,
+                    "checkpoints after it" if entry.meta.depth < len(self.keys) - 1 else "entry")
+        self.rejected.append((entry, why))
+        for depth in [d for d in self.saved if d >= entry.meta.depth]:
+            del self.saved[depth]
+        for key in self.keys[entry.meta.depth:]:
+            self.holder.release(key)
+            self._verified.discard((key, True))
+            self._verified.discard((key, False))
+        removed = self.cache.discard(entry)
+        if entry not in removed and self.cache.get(entry.key) is not None:
+            log.warning("checkpoint %s is in use by another build and stays until it ends", entry.key[:12])
 
     def save(self, depth: int, capture: Any) -> Entry | None:
         """Checkpoint the point ``depth`` (0 = booted source, i+1 = after customize[i])."""

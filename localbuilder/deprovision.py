@@ -32,6 +32,7 @@ from pathlib import Path
 from localbuilder.communicator import CommandResult, Communicator, OutputCallback
 from localbuilder.errors import CommunicatorError, CommunicatorTimeout, DeprovisionError, Disconnected
 from localbuilder.hypervisor import Guest
+from localbuilder.quiesce import MARKER_DIR
 
 log = logging.getLogger("localbuilder.deprovision")
 
@@ -80,6 +81,7 @@ def user_script_command() -> str:
     interpreter; without one, sh runs it), then the power-off — all in one root shell. ``cd /`` first:
     the script may have deleted the home directory the SSH session started in."""
     inner = (
+        f"rm -rf {MARKER_DIR}; "  # our checkpoint marker (localbuilder.quiesce): never in the image
         f"chmod +x {USER_SCRIPT} && {USER_SCRIPT}; rc=$?; "
         f'if [ "$rc" -eq 0 ]; then cd / && {POWEROFF_LATER} fi; exit "$rc"'
     )

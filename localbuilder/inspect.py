@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from localbuilder import vhd
 from localbuilder.errors import CommandError, InspectionError
+from localbuilder.quiesce import MARKER_DIR
 from localbuilder.run import run
 
 log = logging.getLogger("localbuilder.inspect")
@@ -581,6 +582,16 @@ def check_cloud_init(fs: Ext4Reader) -> list[CheckResult]:
     return [CheckResult("cloud-init", Status.passed, "no cloud-init instance state under /var/lib/cloud")]
 
 
+def check_build_traces(fs: Ext4Reader) -> list[CheckResult]:
+    """localbuilder's own state in the guest (the checkpoint marker, localbuilder.quiesce): deprovision
+    removes it, so finding it means the image was not deprovisioned by this build's last step."""
+    if fs.entry(MARKER_DIR) is not None:
+        return [CheckResult("localbuilder-state", Status.failed,
+                            f"{MARKER_DIR} remains (the build's checkpoint marker)", (MARKER_DIR,),
+                            hint="Deprovision removes it; nothing after deprovision may write it.")]
+    return [CheckResult("localbuilder-state", Status.passed, f"no {MARKER_DIR}")]
+
+
 def check_machine_id(fs: Ext4Reader) -> list[CheckResult]:
     results = []
     text = fs.read_text("/etc/machine-id")
@@ -766,6 +777,7 @@ def inspect_image(
         checks += check_host_keys(fs)
         checks += check_cloud_init(fs)
         checks += check_machine_id(fs)
+        checks += check_build_traces(fs)
         checks += check_sudoers(fs)
         checks += check_waagent(fs)
         checks += check_history(fs)

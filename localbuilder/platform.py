@@ -7,7 +7,10 @@ on fakes; this module wires the protocol to the modules that do the work.
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping
@@ -15,14 +18,94 @@ from pathlib import Path
 from typing import Any
 
 from localbuilder.build import BootedGuest, DeprovisionOutcome, GuestRequest, Inspection, SourceImage
-from localbuilder.checkpoints import KEY, SEED, STATE, Entry, LiveMeta
+from localbuilder.checkpoints import KEY, SEED, STATE, CheckpointCache, Entry, LiveMeta, check_layer
 from localbuilder.customizers import GuestOS
-from localbuilder.errors import BackendError
+from localbuilder.errors import BackendError, CheckpointError, CommandError, LocalBuilderError
 from localbuilder.hypervisor import Guest
 from localbuilder.log import complete_step
+from localbuilder.quiesce import confirm, quiesced
+from localbuilder.run import run
 from localbuilder.state import KeptGuest
 
 log = logging.getLogger("localbuilder.platform")
+
+# Freezing takes a sync + FIFREEZE per filesystem: ~0.1-1 s here; a guest that needs longer is in trouble.
+QUIESCE_SECONDS = 120.0
+# Reading the checkpoint marker back after a resume (one SSH command).
+CONFIRM_SECONDS = 60.0
+# Left free beside a checkpoint and the conversion's estimate: filesystems misbehave when completely full.
+SPACE_MARGIN = 256 * 1024**2
+
+
+def _human(n: int) -> str:
+    return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:.0f} MiB"
+
+
+def _free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _chain_data(top: Path) -> int:
+    """What converting the guest's disk will write (a sparse VHD takes about its data): the allocated
+    size of every layer above the base, plus the base's data uncompressed (``qemu-img measure``)."""
+    from localbuilder.room import measured_data
+
+    try:
+        chain = json.loads(run(["qemu-img", "info", "-U", "--backing-chain", "--output=json", top]).stdout)
+    except (CommandError, ValueError):
+        return 0
+    if not isinstance(chain, list) or not chain:
+        return 0
+    total = sum(int(layer.get("actual-size", 0)) for layer in chain[:-1])
+    base = chain[-1]
+    measured = measured_data(Path(base["filename"]), str(base.get("format", "raw")))
+    return total + (measured if measured is not None else int(base.get("actual-size", 0)))
+
+
+def _cache_note(staging: Path) -> str:
+    cache = CheckpointCache(staging.parent)
+    held = sum(e.size() for e in cache.entries())
+    return f"the checkpoint cache ({cache.root}) holds {_human(held)}"
+
+
+_SPACE_HINT = ("Free space with 'localbuilder cache prune' (e.g. --max-size 5G, or --all), lower "
+               "LOCALBUILDER_CACHE_MAX_SIZE, or build with --no-cache.")
+
+
+def _check_room(top: Path, staging: Path, room_for: Path, *, memory: int) -> None:
+    """Never let a checkpoint take the room the build needs to finish: the checkpoint (its new disk
+    layer, at most the current top's allocation, plus the memory state) must fit beside the conversion
+    when both land on the same filesystem."""
+    try:
+        layer = top.stat().st_blocks * 512
+        free = _free(staging)
+        same_fs = staging.stat().st_dev == room_for.stat().st_dev
+    except OSError:
+        return
+    need = layer + memory + SPACE_MARGIN
+    conversion = _chain_data(top) if same_fs else 0
+    if free < need + conversion:
+        raise CheckpointError(
+            f"not enough space for a checkpoint: {_human(free)} free on the filesystem of "
+            f"{staging.parent}; the checkpoint needs ~{_human(need)}"
+            + (f" and the conversion ~{_human(conversion)}" if conversion else "")
+            + f"; {_cache_note(staging)}; this build goes on without checkpoints",
+            hint=_SPACE_HINT,
+        )
+
+
+def _space_error(exc: BaseException, staging: Path) -> BaseException:
+    """A failed save that ran out of space says so, with the cache's size and how to free it."""
+    text = exc.message if isinstance(exc, LocalBuilderError) else str(exc)
+    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in text
+    with contextlib.suppress(OSError):
+        full = full or _free(staging) < 16 * 1024**2
+    if not full:
+        return exc
+    first = text.splitlines()[0] if text else "ENOSPC"
+    return CheckpointError(f"saving the checkpoint ran out of space ({first}); {_cache_note(staging)}",
+                           hint=_SPACE_HINT)
 
 
 class TimedGuest:
@@ -108,9 +191,21 @@ class LocalPlatform:
             self._qemu_version = out.splitlines()[0].strip() if out else "unknown"
         return self._qemu_version
 
+    def check_layer(self, disk: Path) -> str | None:
+        return check_layer(disk)
+
     def checkpoint(
-        self, booted: BootedGuest, staging: Path, *, backing: Path, backing_format: str, timeout: float
+        self,
+        booted: BootedGuest,
+        staging: Path,
+        *,
+        backing: Path,
+        backing_format: str,
+        timeout: float,
+        mark: str,
+        room_for: Path,
     ) -> LiveMeta | None:
+        from localbuilder.communicator.ssh import SSHCommunicator
         from localbuilder.disk import copy_layer
         from localbuilder.hypervisor import Firmware
 
@@ -119,17 +214,28 @@ class LocalPlatform:
         frozen = getattr(guest, "top_image", None)
         if capture is None or not isinstance(frozen, Path):
             raise BackendError(f"the {self.backend} backend cannot take checkpoints")
+        if not isinstance(booted.comm, SSHCommunicator):
+            raise CheckpointError("checkpoints need an SSH guest (its filesystems are frozen for the cut)")
         # Live only where a resume can rebuild the same machine: BIOS guests with a seed (UEFI would also
         # need its variable store frozen; disk-only checkpoints still work there).
         live = booted.seed_iso is not None and guest.spec.firmware is Firmware.bios
+        _check_room(frozen, staging, room_for, memory=guest.spec.memory_mib * 1024**2 if live else 0)
         booted.layers += 1
         new_top = frozen.parent / f"disk-{booted.layers}.qcow2"
         try:
-            capture(new_top, staging / STATE if live else None, timeout=timeout)
+            # The layer must hold the step's writes on its own (a disk-only resume has nothing else):
+            # the guest flushes and freezes its filesystems around the cut (localbuilder.quiesce).
+            with quiesced(booted.comm, mark, timeout=min(QUIESCE_SECONDS, timeout)):
+                capture(new_top, staging / STATE if live else None, timeout=timeout)
+        except (BackendError, OSError) as exc:
+            raise _space_error(exc, staging) from exc
         finally:
             top = getattr(guest, "top_image", frozen)
             booted.overlay = top if isinstance(top, Path) else frozen  # where the guest writes now
-        copy_layer(frozen, staging / "disk.qcow2", backing, backing_format)
+        try:
+            copy_layer(frozen, staging / "disk.qcow2", backing, backing_format)
+        except (LocalBuilderError, OSError) as exc:
+            raise _space_error(exc, staging) from exc
         if not live:
             return None
         assert booted.seed_iso is not None
@@ -170,6 +276,7 @@ class LocalPlatform:
                 try:
                     with self._boot_guest(request, resume=resume) as booted:
                         started = True
+                        confirm(booted.comm, entry.key, timeout=CONFIRM_SECONDS)
                         yield booted
                     return
                 except BackendError as exc:
@@ -178,6 +285,9 @@ class LocalPlatform:
                     log.warning("could not resume the live checkpoint (%s); booting its disk instead",
                                 exc.message)
         with self._boot_guest(request, resume=None) as booted:
+            if entry is not None:
+                # Booted from the checkpoint's disk alone: the guest must say it is that checkpoint.
+                confirm(booted.comm, entry.key, timeout=CONFIRM_SECONDS)
             yield booted
 
     @contextlib.contextmanager

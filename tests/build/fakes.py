@@ -18,7 +18,7 @@ from localbuilder.build import (
 from localbuilder.checkpoints import LiveMeta
 from localbuilder.communicator.fake import FakeCommunicator
 from localbuilder.customizers import GuestOS
-from localbuilder.errors import BackendError, DeprovisionError
+from localbuilder.errors import BackendError, CheckpointMismatch, DeprovisionError
 from localbuilder.hypervisor import GuestSpec
 from localbuilder.hypervisor.fake import FakeBehaviour, FakeGuest, FakeHypervisor
 from localbuilder.state import KeptGuest
@@ -40,6 +40,8 @@ class FakePlatform:
     checkpoints: bool = False  # take (fake) checkpoints: a file per layer, recorded in events
     live: bool = True  # the fake checkpoints claim a memory state
     checkpoint_error: str | None = None
+    marks: list[str] = dataclasses.field(default_factory=list)  # what each checkpoint wrote into the guest
+    mismatch: set[int] = dataclasses.field(default_factory=set)  # depths whose resumed guest disowns them
 
     def __post_init__(self) -> None:
         self.hv = FakeHypervisor(script=lambda spec: FakeBehaviour(powers_off_by_itself=True))
@@ -57,6 +59,8 @@ class FakePlatform:
         self.requests.append(request)
         if request.checkpoint is not None:
             self.events.append(f"boot {purpose} from checkpoint {request.checkpoint.meta.depth}")
+            if request.checkpoint.meta.depth in self.mismatch:
+                raise CheckpointMismatch(f"fake: checkpoint {request.checkpoint.meta.depth} disowned")
         else:
             self.events.append(f"boot {purpose} {request.image.format}")
         request.workdir.mkdir(parents=True, exist_ok=True)
@@ -88,12 +92,24 @@ class FakePlatform:
     def checkpoint_traits(self, image: SourceImage) -> Mapping[str, Any] | None:
         return {"backend": "fake"} if self.checkpoints else None
 
+    def check_layer(self, disk: Path) -> str | None:
+        return None if disk.read_text().startswith("layer ") else "not a fake layer"
+
     def checkpoint(
-        self, booted: BootedGuest, staging: Path, *, backing: Path, backing_format: str, timeout: float
+        self,
+        booted: BootedGuest,
+        staging: Path,
+        *,
+        backing: Path,
+        backing_format: str,
+        timeout: float,
+        mark: str,
+        room_for: Path,
     ) -> LiveMeta | None:
         if self.checkpoint_error:
             raise BackendError(self.checkpoint_error)
         booted.layers += 1
+        self.marks.append(mark)
         self.events.append(f"checkpoint {booted.layers}")
         (staging / "disk.qcow2").write_text(f"layer {booted.layers} on {backing} ({backing_format})")
         if not self.live:

@@ -272,7 +272,7 @@ def test_a_build_never_stacks_on_a_checkpoint_another_build_saved(tmp_path: Path
 
     def chain() -> BuildChain:
         return BuildChain(cache, keys, ["boot", "a", "b"], template="t", run_id="r",
-                          source=tmp_path / "src", source_format="raw")
+                          source=tmp_path / "src", source_format="raw", layer_check=lambda disk: None)
 
     def capture(staging: Path, backing: Path, fmt: str) -> None:
         (staging / "disk.qcow2").write_text(str(backing))
