@@ -44,7 +44,7 @@ from typing import Any
 
 import xxhash
 
-from localbuilder import paths
+from localbuilder import paths, pins
 from localbuilder.errors import CommandError, UsageError
 from localbuilder.run import run
 from localbuilder.session import LiveState
@@ -507,8 +507,6 @@ class CheckpointCache:
         before parents, never an entry in use (nor the ancestors of one), nor one pinned by a finished run
         that still needs it (``localbuilder.pins``) unless ``force``: that first stops the guests kept by
         the runs whose entries it removes."""
-        from localbuilder import pins  # pins reads run state and imports this module
-
         entries = self.entries()
         self._remove_stale_tmp()
         pinned = pins.pinned_keys(pins.load(self.root, [e.key for e in entries]), entries)

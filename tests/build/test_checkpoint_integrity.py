@@ -5,6 +5,7 @@ quiesce protocol's host side. The same promises with real guests: test_checkpoin
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -347,3 +348,30 @@ def test_a_save_that_ran_out_of_space_says_so(small_fs: Path) -> None:
     assert "checkpoint cache" in full.message and "cache prune" in (full.hint or "")
     other = BackendError("saving the guest's memory failed: Unable to write to socket: Broken pipe")
     assert platform._space_error(other, staging) is other  # not a space problem: said as it is
+
+
+def test_a_running_build_pins_its_chain_as_it_grows(tmp_path: Path) -> None:
+    """A SIGKILLed build never reaches its end; recovery then marks it Failed (resumable), so the chain
+    must already be pinned while the build runs."""
+    import json as _json
+
+    from localbuilder import pins
+    from localbuilder.communicator.fake import FakeCall
+
+    seen: list[list[str]] = []
+
+    def look(call: FakeCall) -> FakeReply:
+        cache = CheckpointCache()
+        for found in pins.pins_dir(cache.root).glob("*.json"):
+            seen.append(list(_json.loads(found.read_text())["keys"]))
+            assert [p.record.run_state for p in pins.load(cache.root)] == [RunState.Running]
+        return FakeReply()
+
+    platform = FakePlatform(tmp_path, checkpoints=True,
+                            comm_for=lambda purpose: FakeCommunicator({re.compile("."): look}))
+    record = run_build(template(shell("one", "echo 1"), shell("two", "echo 2")), platform, tmp_path)
+    assert record.run_state is RunState.Succeeded
+    # While the steps ran: the booted source, then also step one (each pin written as it was saved).
+    assert [len(keys) for keys in seen][:1] == [1] and max(len(keys) for keys in seen) >= 2
+    # Succeeded: nothing to resume, the pin is gone.
+    assert not list(pins.pins_dir(CheckpointCache().root).glob("*.json"))
