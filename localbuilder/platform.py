@@ -46,6 +46,14 @@ def _free(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
+def _virtual_size(top: Path) -> int:
+    try:
+        info = json.loads(run(["qemu-img", "info", "-U", "--output=json", top]).stdout)
+        return int(info["virtual-size"])
+    except (CommandError, ValueError, KeyError, TypeError):
+        return 1 << 62  # unknown: measure instead
+
+
 def _chain_data(top: Path) -> int:
     """What converting the guest's disk will write (a sparse VHD takes about its data): the allocated
     size of every layer above the base, plus the base's data uncompressed (``qemu-img measure``)."""
@@ -84,6 +92,8 @@ def _check_room(top: Path, staging: Path, room_for: Path, *, memory: int) -> Non
     except OSError:
         return
     need = layer + memory + SPACE_MARGIN
+    if free >= need + _virtual_size(top) + SPACE_MARGIN:
+        return  # even a fully allocated VHD fits beside it: no need to measure the disk's data
     conversion = _chain_data(top) if same_fs else 0
     if free < need + conversion:
         raise CheckpointError(
