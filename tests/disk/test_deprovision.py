@@ -58,11 +58,13 @@ def test_users_script_replaces_ours_and_runs_as_root_with_power_off(tmp_path: Pa
     result = dp.deprovision_linux(comm, guest(tmp_path), "lbuser", timeout=30)
     assert result.user_script and result.script == "/tmp/DeprovisioningScript.sh"
     assert comm.uploads == []
-    # The command is one root shell: the user's script, then the detached power-off on success.
+    # The command is one root shell: our checkpoint marker removed (never in an image, whoever's script
+    # deprovisions), the user's script, then the detached power-off on success.
     argv = shlex.split(comm.commands[-1])
     assert argv[:4] == ["sudo", "-n", "sh", "-c"]
     inner = argv[4]
-    assert inner.startswith("chmod +x /tmp/DeprovisioningScript.sh && /tmp/DeprovisioningScript.sh; rc=$?;")
+    assert inner.startswith("rm -rf /var/lib/localbuilder; "
+                            "chmod +x /tmp/DeprovisioningScript.sh && /tmp/DeprovisioningScript.sh; rc=$?;")
     assert "systemctl poweroff" in inner and inner.endswith('exit "$rc"')
     subprocess.run(["sh", "-n", "-c", inner], check=True)
 
