@@ -336,3 +336,16 @@ def test_cli_bad_build_key_path_is_a_usage_error(
 ) -> None:
     assert main(["inspect", str(clean_disk), "--build-key", "/nonexistent.pub"]) == 2
     assert "--build-key: cannot read /nonexistent.pub" in capsys.readouterr().err
+
+
+def test_a_left_checkpoint_marker_fails_the_image(tmp_path: Path, clean_disk: Path) -> None:
+    """localbuilder's checkpoint marker (localbuilder.quiesce) is removed by deprovision: an image that
+    still has it was not deprovisioned by the build's last step, whatever else looks clean."""
+    assert _by_check(ins.inspect_image(clean_disk))["localbuilder-state"] == {ins.Status.passed}
+    marked = {**BASE, "/var/lib/localbuilder/checkpoint": "ab" * 32 + "\n"}
+    fs = _fs(tmp_path, marked, LINKS, name="marked")
+    image = craft.disk_with_partitions(tmp_path / "marked.raw", [(0x83, fs)], disk_mib=12)
+    report = ins.inspect_image(image)
+    failed = [c for c in report.failures if c.check == "localbuilder-state"]
+    assert len(failed) == 1 and failed[0].paths == ("/var/lib/localbuilder",)
+    assert not report.generalized
