@@ -618,6 +618,7 @@ class BuildChain:
         self.verify_seconds = 0.0
         self.verified_bytes = 0
         self.rejected: list[tuple[Entry, str]] = []
+        self._refused: set[str] = set()  # rejected keys: never used again by this build, even if they stay
 
     def restore_point(self) -> Entry | None:
         """The deepest cached point of this chain that proves whole (held: no prune can take it away).
@@ -629,7 +630,7 @@ class BuildChain:
         hits = self.cache.deepest(self.keys)
         chain: list[Entry] = []
         for entry in hits:
-            if not self.holder.hold(entry):
+            if entry.key in self._refused or not self.holder.hold(entry):
                 break
             chain.append(entry)
         while chain:
@@ -665,10 +666,10 @@ class BuildChain:
 
     def reject(self, entry: Entry, why: str) -> None:
         """Never use ``entry`` again: drop it and everything stacked on it, from this build and the cache."""
-        log.warning("checkpoint %s (after %s) is not usable: %s; discarding it and the %s",
-                    entry.key[:12], entry.meta.title, why,
-                    "checkpoints after it" if entry.meta.depth < len(self.keys) - 1 else "entry")
+        log.warning("checkpoint %s (after %s) is not usable: %s; discarding it and every checkpoint after it",
+                    entry.key[:12], entry.meta.title, why)
         self.rejected.append((entry, why))
+        self._refused.add(entry.key)
         for depth in [d for d in self.saved if d >= entry.meta.depth]:
             del self.saved[depth]
         for key in self.keys[entry.meta.depth:]:

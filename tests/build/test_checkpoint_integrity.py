@@ -375,3 +375,19 @@ def test_a_running_build_pins_its_chain_as_it_grows(tmp_path: Path) -> None:
     assert [len(keys) for keys in seen][:1] == [1] and max(len(keys) for keys in seen) >= 2
     # Succeeded: nothing to resume, the pin is gone.
     assert not list(pins.pins_dir(CheckpointCache().root).glob("*.json"))
+
+
+def test_a_disowned_checkpoint_held_by_another_build_is_not_tried_twice(tmp_path: Path) -> None:
+    steps = [shell("one", "echo 1"), shell("two", "echo 2")]
+    assert run_build(template(*steps), FakePlatform(tmp_path, checkpoints=True), tmp_path).run_state \
+        is RunState.Succeeded
+    cache = CheckpointCache()
+    deepest = max(cache.entries(), key=lambda e: e.meta.depth)
+    other = chain(cache, 1)
+    assert other.holder.hold(deepest)  # another build holds it: it cannot be deleted
+    platform = FakePlatform(tmp_path, checkpoints=True, mismatch={2})
+    record = run_build(template(*steps), platform, tmp_path)
+    assert record.run_state is RunState.Succeeded
+    assert platform.events[1:3] == ["boot build from checkpoint 2", "boot build from checkpoint 1"]
+    assert cache.get(deepest.key) is not None
+    other.close()
