@@ -40,6 +40,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from localbuilder import checkpoints, validators
+from localbuilder.bootwatch import DEFAULT_BOOT_TIMEOUT
 from localbuilder.communicator import Communicator
 from localbuilder.customizers import Customizer, GuestOS, StepContext, customizer_for
 from localbuilder.distributors import AzureOptions, DistributeContext, distributor_for
@@ -77,7 +78,7 @@ from localbuilder.template import model
 log = logging.getLogger("localbuilder.build")
 
 # AIB waits 20 min for SSH (FACTS §6); under TCG the first login took ~65 s here.
-SSH_WAIT_SECONDS = 20 * 60
+SSH_WAIT_SECONDS = DEFAULT_BOOT_TIMEOUT  # --boot-timeout overrides it (BuildOptions.boot_timeout)
 DEPROVISION_SECONDS = 10 * 60
 CLOUD_INIT_WAIT_SECONDS = 10 * 60
 # 108-byte sun_path minus "/lb-XXXXXXXXXX/qmp.sock" (23) and some slack for the backend's own names.
@@ -207,6 +208,7 @@ class BuildOptions:
     use_cache: bool = True  # False: --no-cache (neither use nor store customizer checkpoints)
     resume_run: Path | None = None  # --resume: continue this (failed) run directory instead of a new one
     invocation: Mapping[str, Any] | None = None  # the CLI arguments, kept as invocation.json for --resume
+    boot_timeout: float = SSH_WAIT_SECONDS  # --boot-timeout: the SSH wait per boot (build timeout bounds it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -610,7 +612,7 @@ class Build:
             disk_size_bytes=size_gb * 1024**3 if size_gb else None,
             vm_size=self.template.vm_profile.vm_size,
             purpose=purpose,
-            timeout=min(SSH_WAIT_SECONDS, self.remaining()),
+            timeout=min(self.options.boot_timeout, self.remaining()),
         )
 
     def _policy(self, template_default: model.OnBuildError) -> FailurePolicy:

@@ -12,6 +12,7 @@ tree at the module that talks to the library, with ``raise … from exc``.
     ├── CommandError                  a host subprocess failed (run.py)
     ├── BackendError                  QEMU/libvirt could not start or stop a guest
     │   ├── AcceleratorError          the requested accelerator is not usable
+    │   ├── BootFailure               the guest will never answer (its console/hypervisor said why)
     │   └── CheckpointError           a checkpoint could not be cut or proven (quiesce, marker)
     │       └── CheckpointMismatch    a resumed guest is not in the checkpoint's state: not used
     ├── CommunicatorError             SSH/WinRM
@@ -87,6 +88,10 @@ class BackendError(LocalBuilderError):
 
 class AcceleratorError(BackendError):
     pass
+
+
+class BootFailure(BackendError):
+    """A booting guest will never answer: the boot watch (``localbuilder.bootwatch``) recognized why."""
 
 
 class CheckpointError(BackendError):

@@ -60,6 +60,7 @@ class Invocation:
     staging_account_id: str | None = None
     dry_run_azure: bool = False
     use_cache: bool = True
+    boot_timeout: float | None = None  # --boot-timeout seconds; None: the default (bootwatch)
 
     # -- the record -------------------------------------------------------------------------------------
 
@@ -96,6 +97,7 @@ class Invocation:
             "stagingAccountId": self.staging_account_id,
             "dryRunAzure": self.dry_run_azure,
             "useCache": self.use_cache,
+            "bootTimeout": self.boot_timeout,
         }
 
     @classmethod
@@ -129,6 +131,7 @@ class Invocation:
                 staging_account_id=d.get("stagingAccountId"),
                 dry_run_azure=bool(d.get("dryRunAzure", False)),
                 use_cache=bool(d.get("useCache", True)),
+                boot_timeout=float(d["bootTimeout"]) if d.get("bootTimeout") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(
@@ -164,6 +167,7 @@ class Invocation:
             staging_account_id=args.staging_account_id,
             dry_run_azure=bool(args.dry_run_azure),
             use_cache=args.cache is not False,
+            boot_timeout=getattr(args, "boot_timeout", None),
         )
 
     def merge(self, args: argparse.Namespace, *, run_ref: str) -> Invocation:
@@ -236,6 +240,7 @@ class Invocation:
             staging_account_id=pick("staging_account_id", self.staging_account_id),
             dry_run_azure=pick("dry_run_azure", self.dry_run_azure),
             use_cache=self.use_cache if args.cache is None else bool(args.cache),
+            boot_timeout=getattr(args, "boot_timeout", None) or self.boot_timeout,
         )
 
     def to_argv(self) -> list[str]:
@@ -262,6 +267,7 @@ class Invocation:
             *(["--staging-account-id", self.staging_account_id] if self.staging_account_id else []),
             *(["--dry-run-azure"] if self.dry_run_azure else []),
             *(["--no-cache"] if not self.use_cache else []),
+            *(["--boot-timeout", f"{self.boot_timeout:g}"] if self.boot_timeout else []),
         ]  # fmt: skip
         return argv
 

@@ -33,6 +33,7 @@ from typing import Any
 from tqdm import tqdm
 
 from localbuilder import disk
+from localbuilder.bootwatch import BootWatch
 from localbuilder.communicator.ssh import SSHCommunicator
 from localbuilder.errors import BackendError, CommunicatorError, ConversionError
 from localbuilder.hypervisor import Guest, Hypervisor, get_backend
@@ -216,16 +217,15 @@ def linux_guest(
             serial_log = guest.spec.serial_log
             comm = SSHCommunicator(SSH_HOST, port, user, key_file, list(host_keys), serial_log=serial_log)
             bar = _progress_bar(progress, "waiting for SSH")
-            running_guest = guest
+            # Console + hypervisor watch (bootwatch): names a guest that will never answer, in seconds;
+            # it stays on the communicator, so every reconnect after a reboot is watched too.
+            watch = BootWatch(serial_log, guest, name=name, target=f"{SSH_HOST}:{port}",
+                              heartbeat=bool(bar.disable))
+            comm.watch = watch
 
             def on_wait(elapsed: float, status: str) -> None:
-                bar.set_postfix_str(status, refresh=False)
+                bar.set_postfix_str(watch.last_line[-70:] or status, refresh=False)
                 bar.update(0)
-                if not running_guest.is_running():
-                    raise BackendError(
-                        f"guest {name} stopped while booting (serial log: {serial_log})",
-                        hint=f"Read the end of {serial_log}: kernel panics and boot errors show there.",
-                    )
 
             try:
                 comm.wait_ready(boot_timeout, progress=on_wait)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from localbuilder import invocation, paths, room
+from localbuilder.bootwatch import DEFAULT_BOOT_TIMEOUT
 from localbuilder.distributors import AzureOptions
 from localbuilder.errors import LocalBuilderError, TemplateError, UsageError
 from localbuilder.invocation import Invocation
@@ -38,6 +39,16 @@ DESCRIPTION = (
 )
 
 log = logging.getLogger("localbuilder.commands.build")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -110,6 +121,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache", action=argparse.BooleanOptionalAction, default=None,
         help="--no-cache: neither start from nor store customizer checkpoints (default: use the cache)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--boot-timeout", type=_seconds, default=None, metavar="SECONDS",
+        help=f"how long to wait for a booting guest to answer SSH (default: {DEFAULT_BOOT_TIMEOUT} s, AIB's "
+             "20 minutes; the build timeout still bounds it). A guest whose console or hypervisor shows it "
+             "will never answer fails at once",
     )  # fmt: skip
     parser.add_argument(
         "--parallel", type=_positive_int, default=1, metavar="N",
@@ -231,6 +248,7 @@ def _build(
         use_cache=inv.use_cache,
         resume_run=resume_run,
         invocation=inv.as_dict(),
+        boot_timeout=inv.boot_timeout or DEFAULT_BOOT_TIMEOUT,
     )
     record = Build(template, inv.template, platform, options).execute()
     if args.json:

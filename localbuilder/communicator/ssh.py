@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 import paramiko
 
@@ -42,6 +43,15 @@ log = logging.getLogger("localbuilder.communicator.ssh")
 
 # progress(elapsed_seconds, status) while wait_ready() polls; the caller draws the bar.
 WaitProgress = Callable[[float, str], None]
+
+
+class WaitWatch(Protocol):
+    """Watches the guest while wait_ready() polls (``localbuilder.bootwatch.BootWatch``): ``begin()`` when
+    a wait starts, ``check()`` on every attempt; ``check`` raises when the guest will never answer."""
+
+    def begin(self) -> None: ...
+
+    def check(self, elapsed: float, status: str) -> None: ...
 
 # paramiko's transport thread logs a dropped connection (every reboot) at ERROR. Its records go to this
 # logger instead of "paramiko.transport" and are demoted to DEBUG: they belong in build.log, not on the
@@ -130,6 +140,8 @@ class SSHCommunicator:
         self._pkey = _load_pkey(key_file)
         self._transport: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        # Set by the session: runs during every wait (first boot and each reconnect after a reboot).
+        self.watch: WaitWatch | None = None
         _route_paramiko_logging()
 
     @property
@@ -166,9 +178,13 @@ class SSHCommunicator:
         attempt = 0
         last_error = "no attempt made"
         first_auth_failure: float | None = None
+        if self.watch is not None:
+            self.watch.begin()
         while True:
             attempt += 1
             now = time.monotonic()
+            if self.watch is not None:
+                self.watch.check(now - start, last_error)
             if progress is not None:
                 progress(now - start, f"waiting for SSH on {self.host}:{self.port} (attempt {attempt})")
             remaining = deadline - now
@@ -283,10 +299,9 @@ class SSHCommunicator:
         except paramiko.ssh_exception.IncompatiblePeer as exc:
             _discard(transport)
             if "host key" in str(exc):
-                raise HostKeyMismatch(
+                raise self._mismatch(
                     f"the SSH server at {self.host}:{self.port} has none of the pinned host key types "
-                    f"({', '.join(wanted)}): {exc}",
-                    hint=self._mismatch_hint(),
+                    f"({', '.join(wanted)}): {exc}"
                 ) from None
             raise _NotYet(f"SSH negotiation failed: {exc}") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
@@ -310,18 +325,31 @@ class SSHCommunicator:
         if not any(blob == pinned.blob for pinned in self._pinned):
             _discard(transport)
             expected = ", ".join(f"{k.key_type} {k.fingerprint}" for k in self._pinned)
-            raise HostKeyMismatch(
+            raise self._mismatch(
                 f"the SSH server at {self.host}:{self.port} presented host key {server_key.get_name()} "
-                f"{fingerprint_blob(blob)}, expected {expected}",
-                hint=self._mismatch_hint(),
+                f"{fingerprint_blob(blob)}, expected {expected}"
             )
         return transport
 
-    def _mismatch_hint(self) -> str:
-        return (
-            "this is not the guest this build started (another VM or service on the forwarded port?), or its "
-            "host keys were regenerated (a changed cloud-init instance-id, or `cloud-init clean` before a "
-            "reboot); nothing was sent to it. Restart the build so it boots a fresh guest"
+    def _mismatch(self, what: str) -> HostKeyMismatch:
+        """The error for an unexpected host key: what the console shows about why, if it says."""
+        from localbuilder.bootwatch import seed_ignored_in
+
+        ignored = seed_ignored_in(self.serial_log) if self.serial_log is not None else []
+        if ignored:
+            shown = "\n".join(f"  | {line}" for line in ignored[-5:])
+            return HostKeyMismatch(
+                f"the guest ignored the build's NoCloud seed and generated its own host keys ({what}); its "
+                f"console ({self.serial_log}) shows cloud-init did not use the seed:\n{shown}",
+                hint="Let the image's cloud-init read NoCloud: datasource_list in /etc/cloud/cloud.cfg or "
+                "/etc/cloud/cloud.cfg.d/*.cfg must include NoCloud (Azure's own images list only Azure), "
+                "and cloud-init must not be disabled. Nothing was sent to the guest.",
+            )
+        return HostKeyMismatch(
+            "this is not the guest this build started (another VM or service on the forwarded port?): "
+            f"{what}",
+            hint="Or its host keys were regenerated (a changed cloud-init instance-id, or `cloud-init clean` "
+            "before a reboot); nothing was sent to it. Restart the build so it boots a fresh guest.",
         )
 
     def _authenticate(self, transport: paramiko.Transport) -> None:

@@ -174,6 +174,25 @@ class LibvirtGuest:
     def reset_count(self) -> int:
         return self._resets
 
+    def status(self) -> str:
+        """The domain's state in QMP's words (the boot watch reads both): running, paused, io-error,
+        guest-panicked, shutdown; "exited" when the transient domain is gone."""
+        libvirt = self.hv.libvirt
+        dom = self._lookup()
+        if dom is None:
+            return "exited"
+        try:
+            state, reason = dom.state()
+        except libvirt.libvirtError:
+            return "exited"
+        if state == libvirt.VIR_DOMAIN_PAUSED:
+            return "io-error" if reason == libvirt.VIR_DOMAIN_PAUSED_IOERROR else "paused"
+        if state == libvirt.VIR_DOMAIN_CRASHED:
+            return "guest-panicked"
+        if state in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTDOWN):
+            return "shutdown"
+        return "running"
+
     def wait_shutdown(self, timeout: float) -> bool:
         end = time.monotonic() + max(0.0, timeout)
         while self.is_running():

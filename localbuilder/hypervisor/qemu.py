@@ -26,7 +26,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from localbuilder.errors import BackendError
 from localbuilder.hypervisor.qmp import QMPClient, QMPClosed
@@ -43,6 +43,7 @@ QMP_READY_TIMEOUT = 30.0
 # sun_path holds 108 bytes: a QMP socket deeper than this goes to a private directory under /tmp.
 MAX_SOCKET_PATH = 100
 SHORT_DIR_PREFIX = "lb-qmp-"
+LIFECYCLE_EVENTS = frozenset({"SHUTDOWN", "RESET", "STOP", "RESUME", "GUEST_PANICKED"})
 
 
 class PortInUse(BackendError):
@@ -183,6 +184,15 @@ class QemuGuest:
         if not self.qmp.closed:
             self.qmp.events()
         return len([e for e in self.qmp.seen if e.get("event") == "RESET"])
+
+    def lifecycle_events(self) -> list[dict[str, Any]]:
+        """QMP events about the guest's run state since start, oldest first: SHUTDOWN (``data.reason``:
+        guest-shutdown, guest-panic, host-signal, …), RESET, STOP, RESUME, GUEST_PANICKED. Kept after
+        qemu exits, so the boot watch can tell a guest power-off from a crash."""
+        if not self.qmp.closed:
+            with contextlib.suppress(OSError, BackendError):
+                self.qmp.events()
+        return [e for e in self.qmp.seen if e.get("event") in LIFECYCLE_EVENTS]
 
     # ---- live checkpoints (FACTS §3e) -------------------------------------------------------------
 
