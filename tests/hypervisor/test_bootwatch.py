@@ -390,3 +390,26 @@ def test_a_reboot_during_the_wait_restarts_the_port_shut_timer(rig: Rig) -> None
     rig.write("[    0.000000] Linux version 6.1.0-50-cloud-amd64 (debian-kernel@lists.debian.org)\n")
     rig.at(40)
     rig.at(120)
+
+
+# ---- the libvirt backend's state, in QMP's words -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("state", "reason", "expected"), [
+    (1, 1, "running"), (3, 5, "io-error"), (3, 2, "paused"), (6, 1, "guest-panicked"), (5, 1, "shutdown"),
+    (None, None, "exited"),
+])  # fmt: skip
+def test_libvirt_status(state: int | None, reason: int | None, expected: str) -> None:
+    import types
+
+    from localbuilder.hypervisor.libvirt import LibvirtGuest
+
+    fake_libvirt = types.SimpleNamespace(
+        VIR_DOMAIN_PAUSED=3, VIR_DOMAIN_PAUSED_IOERROR=5, VIR_DOMAIN_CRASHED=6, VIR_DOMAIN_SHUTOFF=5,
+        VIR_DOMAIN_SHUTDOWN=4, libvirtError=RuntimeError,
+    )
+    guest = object.__new__(LibvirtGuest)
+    guest.hv = types.SimpleNamespace(libvirt=fake_libvirt)  # type: ignore[assignment]
+    dom = None if state is None else types.SimpleNamespace(state=lambda: [state, reason])
+    guest._lookup = lambda: dom  # type: ignore[method-assign]
+    assert guest.status() == expected
