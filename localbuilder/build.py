@@ -39,7 +39,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from localbuilder import checkpoints, validators
+from localbuilder import checkpoints, pins, validators
 from localbuilder.bootwatch import DEFAULT_BOOT_TIMEOUT
 from localbuilder.communicator import Communicator
 from localbuilder.customizers import Customizer, GuestOS, StepContext, customizer_for
@@ -47,6 +47,7 @@ from localbuilder.distributors import AzureOptions, DistributeContext, distribut
 from localbuilder.errors import (
     BuildTimeout,
     Canceled,
+    CheckpointMismatch,
     CommunicatorError,
     CommunicatorTimeout,
     CustomizerError,
@@ -184,10 +185,24 @@ class Platform(Protocol):
         ...
 
     def checkpoint(
-        self, booted: BootedGuest, staging: Path, *, backing: Path, backing_format: str, timeout: float
+        self,
+        booted: BootedGuest,
+        staging: Path,
+        *,
+        backing: Path,
+        backing_format: str,
+        timeout: float,
+        mark: str,
+        room_for: Path,
     ) -> checkpoints.LiveMeta | None:
-        """Freeze the guest's disk into ``staging/disk.qcow2`` (rebased onto ``backing``) and, where the
-        backend can, its memory for a live resume (then returns what that resume needs)."""
+        """Quiesce the guest (writing ``mark``, the checkpoint's key, into it), freeze its disk into
+        ``staging/disk.qcow2`` (rebased onto ``backing``) and, where the backend can, its memory for a
+        live resume (then returns what that resume needs). Refuses (CheckpointError) when the checkpoint
+        would leave too little room in ``room_for`` for the conversion that follows."""
+        ...
+
+    def check_layer(self, disk: Path) -> str | None:
+        """Structural check of a checkpoint's disk layer before a build uses it; None when sound."""
         ...
 
 
@@ -456,8 +471,6 @@ class Build:
         chain, self.chain = self.chain, None
         if chain is None:
             return
-        from localbuilder import pins
-
         try:
             # Pins what a failed run (kept guest, --resume) still needs before it releases its locks.
             result = pins.close_chain(chain, self.run.path, self.record,
@@ -691,8 +704,7 @@ class Build:
         vhd = self.run.path / WORK_VHD
         policy = self._policy(tpl.error_handling.on_customizer_error)
         self.chain = self._checkpoint_chain(image)
-        restore = self.chain.restore_point() if self.chain is not None else None
-        with self._booted(image, "build", restore) as booted:
+        with self._booted_build(image) as (booted, restore):
             self._sub_state(RunSubState.Customizing)
             first = 0
             if restore is not None:
@@ -764,8 +776,40 @@ class Build:
         return checkpoints.BuildChain(
             checkpoints.CheckpointCache(), checkpoints.chain_keys(base, steps, digests), titles,
             template=self.template.name, run_id=self.run.run_id, source=image.path.absolute(),
-            source_format=image.format,
+            source_format=image.format, layer_check=self.platform.check_layer,
         )
+
+    @contextlib.contextmanager
+    def _booted_build(self, image: SourceImage) -> Iterator[tuple[BootedGuest, checkpoints.Entry | None]]:
+        """The build guest: resumed from the deepest checkpoint that proves sound, else booted from the
+        source. A checkpoint whose files fail their digests is discarded before it is used
+        (``BuildChain.restore_point``); one whose guest, once up, does not say it is that checkpoint
+        (``quiesce.confirm`` in the platform's boot) is discarded too, and the next one down is tried."""
+        chain = self.chain
+        while True:
+            restore = chain.restore_point() if chain is not None else None
+            if chain is not None and chain.verified_bytes:
+                self.clog.event(f"checkpoints verified: {chain.verified_bytes / 1e6:.0f} MB in "
+                                f"{chain.verify_seconds:.2f} s")
+                self.phases = [p for p in self.phases if p.name != "checkpoint verification"]
+                self.phases.append(PhaseTiming("checkpoint verification", chain.verify_seconds))
+            for entry, why in chain.rejected if chain is not None else ():
+                self.clog.event(f"checkpoint {entry.key[:12]} after {entry.meta.title} discarded: {why}")
+            if chain is not None:
+                chain.rejected.clear()
+            self._pin_progress()
+            entered = False
+            try:
+                with self._booted(image, "build", restore) as booted:
+                    entered = True
+                    yield booted, restore
+                return
+            except CheckpointMismatch as exc:
+                if entered or chain is None or restore is None:
+                    raise
+                self.interrupts.check()
+                chain.reject(restore, exc.message)
+                self.clog.event(f"checkpoint {restore.key[:12]} refused: {exc.message}")
 
     def _note_restored(self, entry: checkpoints.Entry) -> None:
         """Record which steps did not run because the checkpoint already holds their result."""
@@ -786,7 +830,8 @@ class Build:
 
         def capture(staging: Path, backing: Path, backing_format: str) -> checkpoints.LiveMeta | None:
             return self.platform.checkpoint(booted, staging, backing=backing, backing_format=backing_format,
-                                            timeout=min(CHECKPOINT_SECONDS, self.remaining()))
+                                            timeout=min(CHECKPOINT_SECONDS, self.remaining()),
+                                            mark=chain.keys[depth], room_for=self.run.path)
 
         try:
             with complete_step(f"Saving a checkpoint after {title}"):
@@ -806,6 +851,19 @@ class Build:
         if entry is not None:
             self.clog.event(f"checkpoint {entry.key[:12]} after {title} "
                             f"({'live' if entry.meta.live else 'disk only'})")
+            self._pin_progress()
+
+    def _pin_progress(self) -> None:
+        """Pin this run's chain as it grows, not only when the run ends: a build that is SIGKILLed never
+        reaches its end, and recovery then marks it Failed — resumable, so its chain must stay."""
+        chain = self.chain
+        if chain is None or not chain.saved:
+            return
+        keys = [entry.key for _, entry in sorted(chain.saved.items())]
+        try:
+            pins.record_run(chain.cache.root, self.run.path, self.record, keys)
+        except OSError as exc:
+            log.debug("could not pin the checkpoints of this run yet: %s", exc)
 
     def _disk_size(self) -> int | None:
         size_gb = self.template.vm_profile.os_disk_size_gb

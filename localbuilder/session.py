@@ -43,6 +43,7 @@ from localbuilder.hypervisor.seed import make_seed
 from localbuilder.hypervisor.spec import Accel, Firmware, GuestSpec, NetworkMode, PortForward
 from localbuilder.log import complete_step
 from localbuilder.paths import ensure_private_dir
+from localbuilder.quiesce import after_resume_command
 
 log = logging.getLogger("localbuilder.session")
 
@@ -233,12 +234,13 @@ def linux_guest(
                 bar.close()
             timings["ssh"] = time.monotonic() - start
         if resume is not None:
-            # The guest clock stood still while it was frozen (FACTS §3e): set it from the host before any
-            # step runs, or make/apt/TLS see a time minutes or days in the past.
-            set_clock = f"sudo -n date -u -s @{time.time():.0f} >/dev/null"
-            result = comm.run(set_clock, timeout=60 * scale)
+            # The checkpoint was cut with the guest's filesystems frozen (localbuilder.quiesce): thaw them
+            # and stop the stale freeze holder. The guest clock stood still while it was frozen (FACTS
+            # §3e): set it from the host before any step runs, or make/apt/TLS see a time in the past.
+            result = comm.run(after_resume_command(), timeout=60 * scale)
             if not result.ok:
-                log.warning("could not set the resumed guest's clock: %s", result.stderr_tail.strip()[-200:])
+                log.warning("could not thaw the resumed guest or set its clock: %s",
+                            result.stderr_tail.strip()[-200:])
         elif wait_for_cloud_init:
             t = time.monotonic()
             with complete_step("Waiting for cloud-init to finish"):

@@ -229,7 +229,9 @@ class QemuGuest:
             if state_file is not None:
                 # The default migration bandwidth limit (128 MiB/s) only makes sense across a network.
                 self.qmp.execute("migrate-set-parameters", {"max-bandwidth": 64 * 1024**3})
-                with open(state_file, "wb") as stream:
+                # 0600: the memory state holds whatever the guest had in RAM (keys, tokens).
+                fd = os.open(state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with open(fd, "wb") as stream:
                     self.qmp.pass_fd("lb-checkpoint", stream.fileno())
                     self.qmp.execute("migrate", {"uri": "fd:lb-checkpoint"})
                     self._wait_migration(deadline, "saving the guest's memory")
@@ -256,7 +258,9 @@ class QemuGuest:
                 return
             if status in ("failed", "cancelled"):
                 info = self.qmp.execute("query-migrate") or {}
-                raise BackendError(f"{what} failed: {info.get('error-desc', status)}",
+                # QEMU often leaves error-desc out ("failed: failed" said nothing): its stderr has the why.
+                why = str(info.get("error-desc") or "").strip() or self.stderr_tail(3) or status
+                raise BackendError(f"{what} failed: {why}",
                                    hint=f"See {self.files.stderr_log}; 'localbuilder cache prune --all' "
                                    "drops checkpoints a changed qemu can no longer load.")
             if not self.is_running():
