@@ -288,9 +288,9 @@ def test_freeze_script_is_standalone_posix_sh(tmp_path: Path) -> None:
         "/run/localbuilder", "")
     for header in ("# Inputs:", "# Output", "# Exit codes:", "# Idempotency:", "# Standalone:"):
         assert header in text
-    for shell in ("dash", "bash", "sh"):
-        if shutil.which(shell):
-            subprocess.run([shell, "-n", str(script)], check=True)
+    for sh in ("dash", "bash", "sh"):
+        if shutil.which(sh):
+            subprocess.run([sh, "-n", str(script)], check=True)
 
 
 # ---- room for the build (platform side, real filesystems) -------------------------------------------
