@@ -468,17 +468,34 @@ class Build:
             log.warning("could not remove the work VHD: %s", exc)
 
     def _release_checkpoints(self) -> None:
+        """The end of this build's use of the cache: pin what the run still needs (a kept guest, a
+        ``--resume``), then release its locks and prune. The pin is written while the locks are still
+        held, so no prune in between can take the chain."""
         chain, self.chain = self.chain, None
         if chain is None:
             return
+        record = self.record
+        keys = [entry.key for _, entry in sorted(chain.saved.items())]
         try:
-            # Pins what a failed run (kept guest, --resume) still needs before it releases its locks.
-            result = pins.close_chain(chain, self.run.path, self.record,
-                                      prune_to=checkpoints.default_max_size())
+            pin = pins.record_run(chain.cache.root, self.run.path, record, keys)
+        except OSError as exc:
+            log.warning("could not pin the checkpoints of run %s: %s", record.run_id, exc)
+            pin = None
+        if pin is not None:
+            log.info("checkpoints of run %s pinned (%s): prune keeps them while the run needs them",
+                     record.run_id, "kept guest" if record.kept_guest else "resumable with --resume")
+        try:
+            result = chain.close(prune_to=checkpoints.default_max_size())
         except (OSError, LocalBuilderError) as exc:
             log.warning("could not prune the checkpoint cache: %s", exc)
             return
-        if result is not None and result.removed:
+        if result is None:
+            return
+        others = [(e, why) for e, why in result.pinned if e.key not in keys]
+        for reason in sorted({why for _, why in others}):
+            n = sum(1 for _, why in others if why == reason)
+            log.info("checkpoint cache: kept %d pinned checkpoints: %s", n, reason)
+        if result.removed:
             log.info("checkpoint cache: removed %d old checkpoints (%.1f GiB) to stay under %s",
                      len(result.removed), result.freed / 1024**3, checkpoints.MAX_SIZE_ENV)
 

@@ -509,7 +509,8 @@ class CheckpointCache:
         the runs whose entries it removes."""
         entries = self.entries()
         self._remove_stale_tmp()
-        pinned = pins.pinned_keys(pins.load(self.root, [e.key for e in entries]), entries)
+        pinned = pins.pinned_keys(pins.load(self.root, [e.key for e in entries]),
+                                  {e.key: e.meta.parent for e in entries})
         by_key = {e.key: e for e in entries}
         # A parent counts as recent as its most recent descendant (it is needed by it); newest first and,
         # among equals, parents first — so what is kept is always whole chains from their roots.

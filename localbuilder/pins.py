@@ -27,10 +27,11 @@ import logging
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from localbuilder import paths
 from localbuilder.errors import LocalBuilderError
+from localbuilder.recovery import remove_guest_files, stop_kept_guest
 from localbuilder.state import (
     ProcessInfo,
     RunDir,
@@ -40,9 +41,6 @@ from localbuilder.state import (
     now_iso,
     write_json_atomic,
 )
-
-if TYPE_CHECKING:
-    from localbuilder.checkpoints import BuildChain, Entry, PruneResult
 
 log = logging.getLogger("localbuilder.pins")
 
@@ -151,30 +149,6 @@ def record_run(cache_root: Path, run_path: Path, record: RunRecord, keys: Sequen
     return pin
 
 
-def close_chain(
-    chain: BuildChain, run_path: Path, record: RunRecord, *, prune_to: int | None
-) -> PruneResult | None:
-    """The end of a build's use of the cache: pin what the run still needs, then release its locks and
-    prune (``BuildChain.close``). The pin is written while the locks are still held, so no prune in
-    between can take the chain."""
-    keys = [entry.key for _, entry in sorted(chain.saved.items())]
-    try:
-        pin = record_run(chain.cache.root, run_path, record, keys)
-    except OSError as exc:
-        log.warning("could not pin the checkpoints of run %s: %s", record.run_id, exc)
-        pin = None
-    if pin is not None:
-        log.info("checkpoints of run %s pinned (%s): prune keeps them while the run needs them",
-                 record.run_id, "kept guest" if record.kept_guest else "resumable with --resume")
-    result = chain.close(prune_to=prune_to)
-    if result is not None:
-        others = [(e, why) for e, why in result.pinned if e.key not in keys]
-        for reason in sorted({why for _, why in others}):
-            n = sum(1 for _, why in others if why == reason)
-            log.info("checkpoint cache: kept %d pinned checkpoints: %s", n, reason)
-    return result
-
-
 # -- reading ------------------------------------------------------------------------------------------------
 
 
@@ -224,9 +198,9 @@ def load(cache_root: Path, present: Iterable[str] | None = None) -> list[ActiveP
     return active
 
 
-def pinned_keys(active: Iterable[ActivePin], entries: Iterable[Entry]) -> dict[str, list[ActivePin]]:
-    """Cached key → the pins that hold it: each pinned key and all its ancestors (its backing files)."""
-    parents = {e.key: e.meta.parent for e in entries}
+def pinned_keys(active: Iterable[ActivePin], parents: Mapping[str, str | None]) -> dict[str, list[ActivePin]]:
+    """Cached key → the pins that hold it: each pinned key and all its ancestors (its backing files).
+    ``parents``: every cached key → its parent's key (None for a root)."""
     out: dict[str, list[ActivePin]] = {}
     for ap in active:
         for key in ap.pin.keys:
@@ -250,9 +224,6 @@ def describe(holders: Sequence[ActivePin]) -> str:
 def stop_kept_guests(active: Iterable[ActivePin]) -> list[str]:
     """Stop the live kept guests of ``active`` as ``localbuilder cancel RUN`` does, and clear them from
     their runs' state (the runs stay resumable). Returns one line per guest stopped."""
-    from localbuilder.commands.cancel import _stop_kept_guest
-    from localbuilder.recovery import remove_guest_files
-
     done: list[str] = []
     for ap in active:
         if not ap.guest_alive:
@@ -268,7 +239,7 @@ def stop_kept_guests(active: Iterable[ActivePin]) -> list[str]:
             ticks = ap.pin.guest_start_ticks
             if pid is not None and ticks is not None and _start_ticks(pid) != ticks:
                 pid = None
-            stopped = _stop_kept_guest(pid, kept.domain, kept.backend)
+            stopped = stop_kept_guest(pid, kept.domain, kept.backend)
             remove_guest_files(run, record)  # as cancel does: only the serial log stays
             run.write(dataclasses.replace(record, kept_guest=None))
             what = f"qemu pid {kept.pid}" if kept.pid is not None else f"domain {kept.domain}"

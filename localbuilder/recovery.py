@@ -36,6 +36,7 @@ from pathlib import Path
 
 from localbuilder import paths
 from localbuilder.errors import LocalBuilderError
+from localbuilder.run import run as run_cmd
 from localbuilder.state import (
     ActiveGuest,
     RunDir,
@@ -374,3 +375,25 @@ def recover_and_warn(root: Path | None = None) -> list[RecoveredRun]:
     for r in recovered:
         log.warning("run %s/%s: %s", r.template_name, r.run_id, r.message)
     return recovered
+
+
+def stop_kept_guest(kept_pid: int | None, domain: str | None, backend: str) -> bool:
+    """Stop a guest kept by ``--on-error abort`` (``localbuilder cancel``, ``cache prune --force``): SIGTERM
+    (qemu powers off), then SIGKILL after ~10 s; a libvirt domain is destroyed. True when one was stopped."""
+    if kept_pid is not None:
+        try:
+            os.kill(kept_pid, signal.SIGTERM)  # qemu powers off on SIGTERM
+        except ProcessLookupError:
+            return False
+        for _ in range(50):
+            try:
+                os.kill(kept_pid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.2)
+        os.kill(kept_pid, signal.SIGKILL)
+        return True
+    if domain is not None and backend == "libvirt":
+        run_cmd(["virsh", "-c", "qemu:///system", "destroy", domain], check=False)
+        return True
+    return False

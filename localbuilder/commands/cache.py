@@ -87,7 +87,8 @@ def _print_table(table: Sequence[tuple[str, ...]]) -> None:
 def _list(args: argparse.Namespace, cache: checkpoints.CheckpointCache) -> int:
     entries = sorted(cache.entries(), key=lambda e: (-e.last_used, e.meta.depth))
     rows = [(e, e.size()) for e in entries]
-    pinned = pins.pinned_keys(pins.load(cache.root, [e.key for e in entries]), entries)
+    pinned = pins.pinned_keys(pins.load(cache.root, [e.key for e in entries]),
+                              {e.key: e.meta.parent for e in entries})
     staging = [(s, s.size()) for s in cache.staging_dirs()]
     if args.json:
         print(json.dumps({

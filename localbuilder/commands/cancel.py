@@ -17,6 +17,8 @@ import signal
 import time
 
 from localbuilder.errors import LocalBuilderError
+from localbuilder.recovery import recover_and_warn, remove_guest_files, stop_kept_guest
+from localbuilder.state import RunState, find_run, now_iso, reconcile
 
 NAME = "cancel"
 HELP = "cancel a running build, or stop the guest a failed build kept (--on-error abort)"
@@ -30,31 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long to wait for the build to end (default 120)")  # fmt: skip
 
 
-def _stop_kept_guest(kept_pid: int | None, domain: str | None, backend: str) -> bool:
-    if kept_pid is not None:
-        try:
-            os.kill(kept_pid, signal.SIGTERM)  # qemu powers off on SIGTERM
-        except ProcessLookupError:
-            return False
-        for _ in range(50):
-            try:
-                os.kill(kept_pid, 0)
-            except ProcessLookupError:
-                return True
-            time.sleep(0.2)
-        os.kill(kept_pid, signal.SIGKILL)
-        return True
-    if domain is not None and backend == "libvirt":
-        from localbuilder.run import run as run_cmd
-
-        run_cmd(["virsh", "-c", "qemu:///system", "destroy", domain], check=False)
-        return True
-    return False
-
-
 def run(args: argparse.Namespace) -> int:
-    from localbuilder.recovery import recover_and_warn, remove_guest_files
-    from localbuilder.state import RunState, find_run, now_iso, reconcile
 
     recover_and_warn()  # builds that were killed: stop their guests, mark their runs
     rundir = find_run(args.run_ref)
@@ -64,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         if kept is None:
             print(f"run {record.run_id} already ended: {record.run_state}")
             return 0
-        stopped = _stop_kept_guest(kept.pid, kept.domain, kept.backend)
+        stopped = stop_kept_guest(kept.pid, kept.domain, kept.backend)
         # The guest's files stayed for it (the build keeps them while it runs): only its serial log stays.
         remove_guest_files(rundir, record)
         rundir.write(dataclasses.replace(record, kept_guest=None))
