@@ -10,8 +10,9 @@ depend on their chain:
 * a **resumable** run (Failed, Canceled, PartiallySucceeded): ``localbuilder build --resume RUN``
   continues from the deepest checkpoint of its chain.
 
-When such a build ends it writes ``<cache>/pins/<run-id>.json`` (the run directory and the keys of its
-chain) before it releases its locks. Prune reads the pins and checks each one against the run's
+A build writes ``<cache>/pins/<run-id>.json`` (the run directory and the keys of its chain) as the chain
+grows — a SIGKILLed build never reaches its end, and recovery then marks it Failed — and again when it
+ends, before it releases its locks (``build.Build._release_checkpoints``). Prune reads the pins and checks each one against the run's
 ``state.json`` every time: a pin whose run directory is gone, whose run succeeded meanwhile (a resume),
 or none of whose checkpoints are still cached is stale and removed. A pinned key pins its ancestors
 (every layer below it is a backing file). ``cache prune --force`` overrides pins: it stops the kept guests
