@@ -12,11 +12,12 @@ depend on their chain:
 
 A build writes ``<cache>/pins/<run-id>.json`` (the run directory and the keys of its chain) as the chain
 grows — a SIGKILLed build never reaches its end, and recovery then marks it Failed — and again when it
-ends, before it releases its locks (``build.Build._release_checkpoints``). Prune reads the pins and checks each one against the run's
-``state.json`` every time: a pin whose run directory is gone, whose run succeeded meanwhile (a resume),
-or none of whose checkpoints are still cached is stale and removed. A pinned key pins its ancestors
-(every layer below it is a backing file). ``cache prune --force`` overrides pins: it stops the kept guests
-whose checkpoints it is about to delete (as ``localbuilder cancel RUN`` does), then deletes.
+ends, before it releases its locks (``build.Build._release_checkpoints``). Prune reads the pins and
+checks each one against the run's ``state.json`` every time: a pin whose run directory is gone, whose
+run succeeded meanwhile (a resume), or none of whose checkpoints are still cached is stale and removed.
+A pinned key pins its ancestors (every layer below it is a backing file). ``cache prune --force``
+overrides pins: it stops the kept guests whose checkpoints it is about to delete (as ``localbuilder
+cancel RUN`` does), then deletes.
 """
 
 from __future__ import annotations

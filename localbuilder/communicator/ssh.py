@@ -404,27 +404,12 @@ class SSHCommunicator:
         may keep running) and Disconnected when the connection drops or the command ends without an exit
         status (killed by a signal, or the guest is going down — e.g. a reboot step).
         """
-        transport = self._live_transport(f"run {_short(command)!r}")
         start = time.monotonic()
-        what = f"starting {_short(command)!r}"
-        try:
-            with self._watchdog(transport, what):
-                chan = transport.open_session(timeout=self.liveness_timeout)
-        except paramiko.ChannelException as exc:
-            raise CommunicatorError(
-                f"the guest at {self.target} refused a new session: {exc}",
-                hint="the guest's sshd limits sessions (MaxSessions) or is shutting down",
-            ) from None
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise self._lost(what, exc) from None
+        transport, chan = self._session(command)
         out = StreamTail("stdout", on_output)
         err = StreamTail("stderr", on_output)
         try:
-            try:
-                with self._watchdog(transport, what):
-                    chan.exec_command(command)
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                raise self._lost(what, exc) from None
+            self._exec(transport, chan, command)
             self._pump(chan, transport, command, timeout, start, stdin, out, err)
             out.finish()
             err.finish()
@@ -542,15 +527,7 @@ class SSHCommunicator:
     def hold(self, command: str, *, ready: str, timeout: float) -> Iterator[Held]:
         """See ``communicator.CanHold``. ``timeout`` bounds the wait for ``ready`` and, separately, the
         command's end after the release."""
-        transport = self._live_transport(f"run {_short(command)!r}")
-        what = f"starting {_short(command)!r}"
-        try:
-            with self._watchdog(transport, what):
-                chan = transport.open_session(timeout=self.liveness_timeout)
-        except paramiko.ChannelException as exc:
-            raise CommunicatorError(f"the guest at {self.target} refused a new session: {exc}") from None
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise self._lost(what, exc) from None
+        transport, chan = self._session(command)
         seen: list[str] = []
         out = StreamTail("stdout", lambda _stream, line: seen.append(line))
         err = StreamTail("stderr", None)
@@ -564,11 +541,7 @@ class SSHCommunicator:
                     chan.sendall(b"\n")
 
         try:
-            try:
-                with self._watchdog(transport, what):
-                    chan.exec_command(command)
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                raise self._lost(what, exc) from None
+            self._exec(transport, chan, command)
             held = Held(line=self._wait_for_line(chan, transport, command, ready, timeout, seen, out, err))
             try:
                 yield held
@@ -584,6 +557,29 @@ class SSHCommunicator:
         finally:
             release()
             chan.close()
+
+    def _session(self, command: str) -> tuple[paramiko.Transport, paramiko.Channel]:
+        """A new session channel for ``command`` on the live connection (bounded by the watchdog)."""
+        transport = self._live_transport(f"run {_short(command)!r}")
+        what = f"starting {_short(command)!r}"
+        try:
+            with self._watchdog(transport, what):
+                return transport, transport.open_session(timeout=self.liveness_timeout)
+        except paramiko.ChannelException as exc:
+            raise CommunicatorError(
+                f"the guest at {self.target} refused a new session: {exc}",
+                hint="the guest's sshd limits sessions (MaxSessions) or is shutting down",
+            ) from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._lost(what, exc) from None
+
+    def _exec(self, transport: paramiko.Transport, chan: paramiko.Channel, command: str) -> None:
+        what = f"starting {_short(command)!r}"
+        try:
+            with self._watchdog(transport, what):
+                chan.exec_command(command)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._lost(what, exc) from None
 
     def _wait_for_line(
         self,

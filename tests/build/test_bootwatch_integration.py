@@ -11,7 +11,6 @@ The measured times are printed (run with -s, or read the "boot watch:" lines in 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from localbuilder.__main__ import main
 from localbuilder.state import RunState, iter_runs
 from tests.build.broken_images import make_variant
+from tests.build.mounts import localbuilder_home
 from tests.build.test_build_integration import processes_mentioning, write_template
 
 pytestmark = pytest.mark.integration
@@ -32,16 +32,8 @@ FAIL_WITHIN = 180.0
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("lbhome-boot")
-    old = os.environ.get("LOCALBUILDER_HOME")
-    os.environ["LOCALBUILDER_HOME"] = str(home)
-    try:
+    with localbuilder_home(tmp_path_factory.mktemp("lbhome-boot")) as home:
         yield home
-    finally:
-        if old is None:
-            os.environ.pop("LOCALBUILDER_HOME", None)
-        else:
-            os.environ["LOCALBUILDER_HOME"] = old
 
 
 def build_variant(kind: str, debian_image: Any, tmp_path: Path, *extra: str) -> tuple[int, float, Any]:

@@ -27,6 +27,7 @@ from localbuilder import vhd
 from localbuilder.__main__ import main
 from localbuilder.run import run
 from localbuilder.state import RunDir, RunState, iter_runs
+from tests.build.mounts import localbuilder_home
 
 pytestmark = pytest.mark.integration
 
@@ -37,17 +38,9 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory, debian_image: Any) -> Iterator[Path]:
     """A LOCALBUILDER_HOME whose catalog holds the test image as Debian 12 'latest'."""
-    home = tmp_path_factory.mktemp("lbhome")
-    old = os.environ.get("LOCALBUILDER_HOME")
-    os.environ["LOCALBUILDER_HOME"] = str(home)
-    try:
+    with localbuilder_home(tmp_path_factory.mktemp("lbhome")) as home:
         assert main(["image", "add", str(debian_image.path), "--urn", URN]) == 0
         yield home
-    finally:
-        if old is None:
-            os.environ.pop("LOCALBUILDER_HOME", None)
-        else:
-            os.environ["LOCALBUILDER_HOME"] = old
 
 
 def write_template(directory: Path, name: str, customize: list[dict[str, Any]], **props: Any) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from localbuilder.communicator.fake import FakeCommunicator, FakeReply
 from localbuilder.errors import CheckpointError, CheckpointMismatch
 from localbuilder.state import RunState
 from tests.build.fakes import FakePlatform
+from tests.build.mounts import tmpfs
 from tests.build.test_checkpoints import k, ran_steps, restored_steps, run_build, shell, template
 
 
@@ -297,19 +299,12 @@ def test_freeze_script_is_standalone_posix_sh(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def small_fs(tmp_path: Path):  # type: ignore[no-untyped-def]
+def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 600 MiB tmpfs: a disk that a checkpoint of a 1 GiB guest would fill."""
-    import subprocess
-
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600m", "tmpfs", str(mnt)], check=True)
-    try:
+    with tmpfs(tmp_path / "small", "size=600m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_checkpoint_that_would_starve_the_build_is_refused(small_fs: Path) -> None:

@@ -27,6 +27,7 @@ from localbuilder.__main__ import main
 from localbuilder.checkpoints import DISK, FileDigest
 from localbuilder.inspect import Ext4Reader, ReadAt, parse_partitions
 from localbuilder.state import RunState
+from tests.build.mounts import localbuilder_home
 from tests.build.test_build_integration import processes_mentioning, write_template
 from tests.build.test_checkpoints_integration import image_files, runs_of, started_steps
 
@@ -50,19 +51,11 @@ def steps() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory, debian_image: Any, debian_image_gen2: Any) -> Any:
-    home = tmp_path_factory.mktemp("lbhome-integrity")
-    old = os.environ.get("LOCALBUILDER_HOME")
-    os.environ["LOCALBUILDER_HOME"] = str(home)
-    try:
+    with localbuilder_home(tmp_path_factory.mktemp("lbhome-integrity")) as home:
         assert main(["image", "add", str(debian_image.path), "--urn", "Debian:debian-12:12:0.1.0"]) == 0
         gen2 = ["image", "add", str(debian_image_gen2.path), "--urn", "Debian:debian-12:12-gen2:0.1.0"]
         assert main(gen2) == 0
         yield home
-    finally:
-        if old is None:
-            os.environ.pop("LOCALBUILDER_HOME", None)
-        else:
-            os.environ["LOCALBUILDER_HOME"] = old
 
 
 def contents(image: Path) -> dict[str, str]:

@@ -10,14 +10,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from localbuilder.errors import Canceled, DistributeError, InspectionError
 from localbuilder.state import KeptGuest, RunDir, RunRecord, RunState
 from localbuilder.template import model
 from tests.build.fakes import FakePlatform
+from tests.build.mounts import tmpfs
 from tests.build.test_build import shell, template, validation
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -39,16 +38,6 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs need
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LOCALBUILDER_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, options: str) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
 
 
 def run_build(tpl: model.Template, platform: FakePlatform, tmp_path: Path, **opts: Any) -> RunRecord:

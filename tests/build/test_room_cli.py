@@ -6,11 +6,9 @@ boots in these tests: ``LocalPlatform.boot`` is replaced by a recorder that refu
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from localbuilder.errors import BackendError
 from localbuilder.invocation import Invocation
 from localbuilder.platform import LocalPlatform
 from localbuilder.state import RunDir, RunState, iter_runs, now_iso
+from tests.build.mounts import tmpfs
 
 URN = "Debian:debian-12:12:0.1.0"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -51,16 +50,6 @@ def boots(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     monkeypatch.setattr(LocalPlatform, "boot", boot)
     monkeypatch.setattr(LocalPlatform, "checkpoint_traits", lambda self, image: None)
     return asked
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, options: str) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
 
 
 def template(directory: Path, name: str = "roomy", **props: Any) -> Path:

@@ -384,3 +384,28 @@ def test_file_transfer_after_disconnect(comm: SSHCommunicator, server: SSHTestSe
         time.sleep(0.02)
     with pytest.raises(Disconnected):
         comm.upload(src, "/tmp/f")
+
+
+def test_hold_keeps_the_command_waiting_until_the_block_ends(comm: SSHCommunicator) -> None:
+    """The quiesce protocol (localbuilder.quiesce): the command says it is ready, waits on its stdin
+    while the host acts, and ends after the one line the host sends when the block is done."""
+    order: list[str] = []
+    with comm.hold("echo frozen: /; cat; echo thawed", ready="frozen:", timeout=10) as held:
+        assert held.line == "frozen: /" and held.result is None
+        order.append("block")
+    assert held.result is not None and held.result.exit_status == 0
+    assert held.result.stdout_tail.splitlines()[-1] == "thawed"
+    assert order == ["block"]
+    # Released also when the block raises: the guest must never stay frozen.
+    with pytest.raises(RuntimeError), comm.hold("echo frozen: /; cat", ready="frozen:", timeout=10):
+        raise RuntimeError("cut failed")
+    assert comm.run("echo still usable").stdout_tail == "still usable"
+
+
+def test_hold_names_a_command_that_never_gets_ready(comm: SSHCommunicator) -> None:
+    with pytest.raises(CommunicatorError, match="before it printed 'frozen:'"), \
+            comm.hold("echo no fsfreeze here; exit 3", ready="frozen:", timeout=10):
+        raise AssertionError("the block must not run")
+    with pytest.raises(CommunicatorTimeout, match="did not print 'frozen:' within 0.5 s"), \
+            comm.hold("echo starting; hang", ready="frozen:", timeout=0.5):
+        raise AssertionError("the block must not run")
