@@ -24,6 +24,7 @@ from localbuilder.errors import BackendError, CheckpointError, CommandError, Loc
 from localbuilder.hypervisor import Guest
 from localbuilder.log import complete_step
 from localbuilder.quiesce import confirm, quiesced
+from localbuilder.room import measured_data
 from localbuilder.run import run
 from localbuilder.state import KeptGuest
 
@@ -57,8 +58,6 @@ def _virtual_size(top: Path) -> int:
 def _chain_data(top: Path) -> int:
     """What converting the guest's disk will write (a sparse VHD takes about its data): the allocated
     size of every layer above the base, plus the base's data uncompressed (``qemu-img measure``)."""
-    from localbuilder.room import measured_data
-
     try:
         chain = json.loads(run(["qemu-img", "info", "-U", "--backing-chain", "--output=json", top]).stdout)
     except (CommandError, ValueError):
@@ -238,14 +237,20 @@ class LocalPlatform:
             with quiesced(booted.comm, mark, timeout=min(QUIESCE_SECONDS, timeout)):
                 capture(new_top, staging / STATE if live else None, timeout=timeout)
         except (BackendError, OSError) as exc:
-            raise _space_error(exc, staging) from exc
+            mapped = _space_error(exc, staging)
+            if mapped is exc:
+                raise
+            raise mapped from exc
         finally:
             top = getattr(guest, "top_image", frozen)
             booted.overlay = top if isinstance(top, Path) else frozen  # where the guest writes now
         try:
             copy_layer(frozen, staging / "disk.qcow2", backing, backing_format)
         except (LocalBuilderError, OSError) as exc:
-            raise _space_error(exc, staging) from exc
+            mapped = _space_error(exc, staging)
+            if mapped is exc:
+                raise
+            raise mapped from exc
         if not live:
             return None
         assert booted.seed_iso is not None
