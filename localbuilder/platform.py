@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from localbuilder.build import BootedGuest, DeprovisionOutcome, GuestRequest, In
 from localbuilder.checkpoints import KEY, SEED, STATE, CheckpointCache, Entry, LiveMeta, check_layer
 from localbuilder.customizers import GuestOS
 from localbuilder.errors import BackendError, CheckpointError, CommandError, LocalBuilderError
-from localbuilder.hypervisor import Guest
+from localbuilder.hypervisor.timed import TimedGuest
 from localbuilder.log import complete_step
 from localbuilder.quiesce import confirm, quiesced
 from localbuilder.room import measured_data
@@ -115,34 +114,6 @@ def _space_error(exc: BaseException, staging: Path) -> BaseException:
     first = text.splitlines()[0] if text else "ENOSPC"
     return CheckpointError(f"saving the checkpoint ran out of space ({first}); {_cache_note(staging)}",
                            hint=_SPACE_HINT)
-
-
-class TimedGuest:
-    """Wraps a Guest to time ``wait_shutdown``: the power-off part of deprovision, for the phase table."""
-
-    def __init__(self, guest: Guest) -> None:
-        self._guest = guest
-        self.spec = guest.spec
-        self.wait_seconds = 0.0
-
-    def is_running(self) -> bool:
-        return self._guest.is_running()
-
-    def reset_count(self) -> int:
-        return self._guest.reset_count()
-
-    def wait_shutdown(self, timeout: float) -> bool:
-        start = time.monotonic()
-        try:
-            return self._guest.wait_shutdown(timeout)
-        finally:
-            self.wait_seconds += time.monotonic() - start
-
-    def shutdown(self, timeout: float) -> bool:
-        return self._guest.shutdown(timeout)
-
-    def destroy(self) -> None:
-        self._guest.destroy()
 
 
 class LocalPlatform:

@@ -232,7 +232,7 @@ def boot_for_build(
 def deprovision_for_build(booted: BootedGuest, *, timeout: float) -> DeprovisionOutcome:
     """``Platform.deprovision`` for a Windows guest: Sysprep (or the user's script), then power-off."""
     from localbuilder.build import DeprovisionOutcome
-    from localbuilder.platform import TimedGuest
+    from localbuilder.hypervisor.timed import TimedGuest
     from localbuilder.windows.sysprep import deprovision_windows
 
     timed = TimedGuest(booted.guest)
