@@ -21,6 +21,7 @@ from localbuilder.invocation import Invocation
 from localbuilder.platform import LocalPlatform
 from localbuilder.state import RunDir, RunState, iter_runs, now_iso
 from tests.build.mounts import tmpfs
+from tests.build.test_build_integration import write_template
 
 URN = "Debian:debian-12:12:0.1.0"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -53,22 +54,8 @@ def boots(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 def template(directory: Path, name: str = "roomy", **props: Any) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    body = {
-        "type": "Microsoft.VirtualMachineImages/imageTemplates",
-        "apiVersion": "2022-07-01",
-        "location": "westeurope",
-        "properties": {
-            "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12",
-                       "version": "latest"},
-            "customize": [{"type": "Shell", "name": "x", "inline": ["true"]}],
-            "distribute": [{"type": "VHD", "runOutputName": name}],
-            **props,
-        },
-    }  # fmt: skip
-    path = directory / f"{name}.json"
-    path.write_text(json.dumps(body))
-    return path
+    """A one-step Debian template (the shared writer of the real-build tests)."""
+    return write_template(directory, name, [{"type": "Shell", "name": "x", "inline": ["true"]}], **props)
 
 
 def refused(argv: list[str], capsys: pytest.CaptureFixture[str], boots: list[Any], home: Path) -> str:
