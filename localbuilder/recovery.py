@@ -31,7 +31,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from localbuilder import paths
@@ -238,11 +238,12 @@ def _remove_work_files(record: RunRecord, run_path: Path) -> None:
             partial.unlink(missing_ok=True)
 
 
-def remove_guest_files(run: RunDir, record: RunRecord) -> None:
+def remove_guest_files(run: RunDir, record: RunRecord, dirs: Iterable[Path] | None = None) -> None:
     """After the run's guests have stopped: what ``localbuilder cancel`` of a kept guest and the recovery
     of a killed build both leave — the serial logs — and nothing else (overlays, qemu.stderr, seed and
-    key, sockets, the work VHD a kept validation guest booted from, the /var/tmp guest directory)."""
-    for d in _guest_dirs(run.path):
+    key, sockets, the work VHD a kept validation guest booted from, the /var/tmp guest directory).
+    ``dirs``: the guest directories (default: those under the run directory)."""
+    for d in _guest_dirs(run.path) if dirs is None else dirs:
         clean_guest_dir(d)
     release_short_workdirs(run.path)
     _remove_work_files(record, run.path)
@@ -322,9 +323,7 @@ def _recover_run(run: RunDir) -> RecoveredRun | None:
             failed.append(f"qemu pid {pid}")
 
     if not failed:
-        for d in dirs:
-            clean_guest_dir(d)
-        remove_guest_files(run, record)
+        remove_guest_files(run, record, dirs)
 
     during = record.last_run_status.run_sub_state
     what = f"localbuilder was killed (pid {proc.pid}) during {during}"

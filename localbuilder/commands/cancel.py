@@ -33,7 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     recover_and_warn()  # builds that were killed: stop their guests, mark their runs
     rundir = find_run(args.run_ref)
     record = reconcile(rundir)

@@ -7,18 +7,15 @@ With ``uri`` (API 2022-07-01+) AIB writes the VHD to that blob; so do we: a spar
 
 from __future__ import annotations
 
-from localbuilder.distributors import DistributeContext, Distributor, os_error, place
+from localbuilder.distributors import DistributeContext, Distributor, place
 from localbuilder.state import RunOutput
 
 
 class Vhd(Distributor, type_name="VHD"):
     def distribute(self, ctx: DistributeContext) -> RunOutput:
         dst = self.output_path(ctx)
-        try:
-            place(ctx.vhd, dst, force=ctx.force)
-            artifact_uri = dst.absolute().as_uri()
-        except OSError as exc:  # place() maps its own; this is the last line (never "internal error")
-            raise os_error(exc, dst) from exc
+        place(ctx.vhd, dst, force=ctx.force)  # every OSError in it is a DistributeError already
+        artifact_uri = dst.absolute().as_uri()
         uri = getattr(self.target, "uri", None)
         if uri:
             from localbuilder.distributors._azure import upload
