@@ -34,6 +34,7 @@ from typing import Protocol
 
 import paramiko
 
+from localbuilder.bootwatch import seed_ignored_in
 from localbuilder.communicator import CommandResult, Held, OutputCallback
 from localbuilder.communicator.output import StreamTail, tails
 from localbuilder.errors import CommunicatorError, CommunicatorTimeout, Disconnected, HostKeyMismatch
@@ -333,8 +334,6 @@ class SSHCommunicator:
 
     def _mismatch(self, what: str) -> HostKeyMismatch:
         """The error for an unexpected host key: what the console shows about why, if it says."""
-        from localbuilder.bootwatch import seed_ignored_in
-
         ignored = seed_ignored_in(self.serial_log) if self.serial_log is not None else []
         if ignored:
             shown = "\n".join(f"  | {line}" for line in ignored[-5:])
