@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ from typing import Any, Protocol
 from localbuilder import checkpoints, pins, validators
 from localbuilder.bootwatch import DEFAULT_BOOT_TIMEOUT
 from localbuilder.communicator import Communicator
-from localbuilder.customizers import Customizer, GuestOS, StepContext, customizer_for
+from localbuilder.customizers import Customizer, StepContext, customizer_for
 from localbuilder.distributors import AzureOptions, DistributeContext, distributor_for
 from localbuilder.errors import (
     BuildTimeout,
@@ -75,6 +74,7 @@ from localbuilder.state import (
     write_json_atomic,
 )
 from localbuilder.template import model
+from localbuilder.template.model import OsType
 
 log = logging.getLogger("localbuilder.build")
 
@@ -89,12 +89,6 @@ INVOCATION_FILE = "invocation.json"
 WORK_VHD = "image.vhd"  # the converted VHD in the run directory, before the distributors place it
 
 
-class OnError(enum.StrEnum):
-    cleanup = "cleanup"  # stop and delete the guest (AIB's default)
-    abort = "abort"  # keep the guest running for inspection (AIB keeps the build VM)
-    ask = "ask"  # on a terminal: retry the step / keep the guest / clean up
-
-
 # Saving a checkpoint: ~0.5 s pause + the memory write under TCG here (FACTS §3e).
 CHECKPOINT_SECONDS = 5 * 60
 
@@ -107,7 +101,7 @@ CHECKPOINT_SECONDS = 5 * 60
 class SourceImage:
     path: Path
     format: str  # qemu-img format name: qcow2, raw, vpc …
-    os: GuestOS
+    os: OsType
     label: str  # what the user called it (URN, resource id)
     uefi: bool = False
 
@@ -212,7 +206,8 @@ class Platform(Protocol):
 @dataclasses.dataclass(frozen=True)
 class BuildOptions:
     output_dir: Path | None = None  # default: <run dir>/outputs
-    on_error: OnError | None = None  # None: the template's errorHandling
+    on_error: model.OnBuildError | None = None  # --on-error cleanup/abort; None: the template's errorHandling
+    ask_on_error: bool = False  # --on-error ask: on a terminal, retry the step / keep the guest / clean up
     allow_any_destination: bool = False
     force: bool = False
     timeout_seconds: float | None = None  # overrides buildTimeoutInMinutes (tests, --timeout)
@@ -228,7 +223,8 @@ class BuildOptions:
 
 @dataclasses.dataclass(frozen=True)
 class FailurePolicy:
-    mode: OnError
+    mode: model.OnBuildError
+    ask: bool  # ask on a terminal first (--on-error ask); without one, ``mode`` is cleanup
     prompt: Callable[[str], str] | None
 
 
@@ -339,7 +335,7 @@ class Build:
         self.phases: list[PhaseTiming] = []
         self.output_dir = (options.output_dir or self.run.path / "outputs").absolute()
         self.record = dataclasses.replace(self.record, output_dir=str(self.output_dir))
-        self.os = GuestOS(str(template.os_type))
+        self.os = OsType(str(template.os_type))
         self.clog = CustomizationLog(self.run.customization_log)
         seconds = options.timeout_seconds or template.build_timeout_minutes * 60
         self.timeout_seconds = float(seconds)
@@ -646,8 +642,9 @@ class Build:
         )
 
     def _policy(self, template_default: model.OnBuildError) -> FailurePolicy:
-        mode = self.options.on_error or OnError(str(template_default))
-        return FailurePolicy(mode, self.options.prompt)
+        if self.options.ask_on_error:
+            return FailurePolicy(model.OnBuildError.cleanup, True, self.options.prompt)
+        return FailurePolicy(self.options.on_error or template_default, False, self.options.prompt)
 
     @contextlib.contextmanager
     def _booted(
@@ -706,7 +703,7 @@ class Build:
 
     def _cloud_init_wait(self, ctx: StepContext) -> None:
         # FACTS §3c: after a reboot cloud-init finishes its stages again before the next step.
-        if ctx.os is not GuestOS.linux:
+        if ctx.os is not OsType.linux:
             return
         result = ctx.run("cloud-init status --wait >/dev/null 2>&1; echo $?", timeout=CLOUD_INIT_WAIT_SECONDS)
         ctx.note(f"guest is back (cloud-init status exit {result.stdout_tail.strip() or '?'})")
@@ -764,7 +761,7 @@ class Build:
         if not self.options.use_cache:
             self.clog.event("checkpoints: off (--no-cache)")
             return None
-        if image.os is not GuestOS.linux:
+        if image.os is not OsType.linux:
             return None  # Windows guests: not yet (nothing to test them on here; docs/windows.md)
         traits = self.platform.checkpoint_traits(image)
         if traits is None:
@@ -971,13 +968,13 @@ class Build:
         """Apply --on-error / errorHandling. Returns "retry" or raises StepFailure."""
         mode = policy.mode
         log.error("%s failed: %s", step, error.message)
-        if mode is OnError.ask:
+        if policy.ask:
             interactive = self.options.interactive
             if interactive is None:
                 interactive = sys.stdin.isatty()
             if not interactive and policy.prompt is None:
                 log.warning("--on-error ask needs a terminal; cleaning up instead")
-                mode = OnError.cleanup
+                mode = model.OnBuildError.cleanup
             else:
                 ask = policy.prompt or input
                 answer = ""
@@ -987,9 +984,9 @@ class Build:
                 if answer == "r":
                     self.clog.event(f"retrying {step} (user choice)")
                     return "retry"
-                mode = OnError.abort if answer == "a" else OnError.cleanup
+                mode = model.OnBuildError.abort if answer == "a" else model.OnBuildError.cleanup
         kept = None
-        if mode is OnError.abort and booted.guest.is_running():
+        if mode is model.OnBuildError.abort and booted.guest.is_running():
             kept = booted.keep()
             self.clog.event(f"guest kept running for inspection: {kept.ssh_command()}")
             log.warning(
@@ -1027,7 +1024,7 @@ class Build:
             run_id=self.run.run_id,
             template_name=self.template.name,
             azure=self.options.azure,
-            os_type="Windows" if self.os is GuestOS.windows else "Linux",
+            os_type="Windows" if self.os is OsType.windows else "Linux",
             generation="V2" if self.source_image is not None and self.source_image.uefi else "V1",
             source_version=getattr(self.template.source, "version", None),
         )

@@ -18,7 +18,6 @@ from typing import Any
 
 from localbuilder.build import BootedGuest, DeprovisionOutcome, GuestRequest, Inspection, SourceImage
 from localbuilder.checkpoints import KEY, SEED, STATE, CheckpointCache, Entry, LiveMeta, check_layer
-from localbuilder.customizers import GuestOS
 from localbuilder.errors import BackendError, CheckpointError, CommandError, LocalBuilderError
 from localbuilder.hypervisor.timed import TimedGuest
 from localbuilder.log import complete_step
@@ -26,6 +25,7 @@ from localbuilder.quiesce import confirm, quiesced
 from localbuilder.room import measured_data
 from localbuilder.run import run
 from localbuilder.state import KeptGuest
+from localbuilder.template.model import OsType
 
 log = logging.getLogger("localbuilder.platform")
 
@@ -141,7 +141,7 @@ class LocalPlatform:
         return SourceImage(
             path=entry.path,
             format=str(entry.format),
-            os=GuestOS(str(entry.os)),
+            os=OsType(str(entry.os)),
             label=entry.ref,
             uefi=entry.generation is Generation.V2,
         )
@@ -156,7 +156,7 @@ class LocalPlatform:
     # -- checkpoints --------------------------------------------------------------------------------
 
     def checkpoint_traits(self, image: SourceImage) -> Mapping[str, Any] | None:
-        if image.os is not GuestOS.linux:
+        if image.os is not OsType.linux:
             return None  # Windows guests: not yet (no way to test them here; see docs/windows.md)
         if self.backend != "qemu":
             log.info("checkpoints need the direct QEMU backend (--hypervisor qemu); building without them")
@@ -284,7 +284,7 @@ class LocalPlatform:
 
         shape = guest_shape(request.vm_size or None)
         network = NetworkMode.user if self.network else NetworkMode.restricted
-        if request.image.os is not GuestOS.linux:
+        if request.image.os is not OsType.linux:
             # Windows: first-boot ISO (unattend + WinRM over HTTPS with a pinned certificate) and WinRM.
             # Proven against the WS-Management test server only; see docs/windows.md.
             from localbuilder.hypervisor import get_backend

@@ -19,6 +19,7 @@ from localbuilder.bootwatch import DEFAULT_BOOT_TIMEOUT
 from localbuilder.distributors import AzureOptions
 from localbuilder.errors import LocalBuilderError, TemplateError, UsageError
 from localbuilder.invocation import Invocation
+from localbuilder.template.model import OnBuildError
 
 if TYPE_CHECKING:
     from localbuilder.build import Platform, SourceImage
@@ -223,7 +224,7 @@ def _load(path: Path, inv: Invocation, *, warn: bool = True) -> Template:
 def _build(
     template: Template, inv: Invocation, args: argparse.Namespace, *, resume_run: Path | None = None
 ) -> int:
-    from localbuilder.build import Build, BuildOptions, OnError, exit_code
+    from localbuilder.build import Build, BuildOptions, exit_code
     from localbuilder.platform import LocalPlatform
 
     platform = LocalPlatform(
@@ -241,7 +242,8 @@ def _build(
     room.check(_room_needs(template, platform, inv.output_dir, run_dir))
     options = BuildOptions(
         output_dir=inv.output_dir,
-        on_error=OnError(inv.on_error) if inv.on_error else None,
+        on_error=OnBuildError(inv.on_error) if inv.on_error in ("cleanup", "abort") else None,
+        ask_on_error=inv.on_error == "ask",
         allow_any_destination=inv.allow_any_destination,
         force=inv.force,
         azure=azure,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import enum
 import importlib
 import logging
 import pkgutil
@@ -32,6 +31,7 @@ from typing import Any, ClassVar
 from localbuilder.communicator import CommandResult, Communicator, OutputCallback
 from localbuilder.errors import BuildTimeout, CommunicatorError, CommunicatorTimeout, CustomizerError
 from localbuilder.hypervisor import Guest
+from localbuilder.template.model import OsType
 
 log = logging.getLogger("localbuilder.customizers")
 
@@ -43,17 +43,11 @@ DROP_PROBE_TIMEOUT = 30.0
 
 __all__ = [
     "Customizer",
-    "GuestOS",
     "StepContext",
     "StepFailed",
     "customizer_for",
     "registered_types",
 ]
-
-
-class GuestOS(enum.StrEnum):
-    linux = "linux"
-    windows = "windows"
 
 
 class StepFailed(CustomizerError):
@@ -81,7 +75,7 @@ class StepContext:
 
     index: int  # position in customize[] (or inVMValidations[]), for messages
     comm: Communicator
-    os: GuestOS
+    os: OsType
     build_user: str
     deadline: float
     guest: Guest | None = None  # to observe reboots (reset_count) and power state
@@ -181,7 +175,7 @@ class StepContext:
                         "the step did not power off, the guest's serial.log and build.log (qemu's own "
                         "messages) in the run directory tell why it stopped.",
                     )
-                if self.os is GuestOS.linux and time.monotonic() >= probe_at:
+                if self.os is OsType.linux and time.monotonic() >= probe_at:
                     # Without this a dropped connection (sshd killed or restarted in the guest) waited
                     # the whole bound (20 min) for a reset that never comes.
                     if self._up_without_reboot() and self.guest.reset_count() <= resets_before:
@@ -217,7 +211,7 @@ class Customizer(abc.ABC):
 
     registry: ClassVar[dict[str, type[Customizer]]] = {}
     type_name: ClassVar[str] = ""
-    supported_os: ClassVar[frozenset[GuestOS]] = frozenset({GuestOS.linux, GuestOS.windows})
+    supported_os: ClassVar[frozenset[OsType]] = frozenset({OsType.linux, OsType.windows})
 
     def __init_subclass__(cls, *, type_name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -239,7 +233,7 @@ class Customizer(abc.ABC):
         label = f" '{self.name}'" if self.name else ""
         return f"{section}[{index}] {self.type_name}{label}"
 
-    def preflight(self, os: GuestOS, *, allow_any_destination: bool, where: str) -> None:
+    def preflight(self, os: OsType, *, allow_any_destination: bool, where: str) -> None:
         """Checks that need no guest, run before any boot; raise CustomizerError naming ``where``."""
         if os not in self.supported_os:
             raise CustomizerError(

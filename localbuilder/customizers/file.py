@@ -16,9 +16,10 @@ import secrets
 import shlex
 from pathlib import Path
 
-from localbuilder.customizers import Customizer, GuestOS, StepContext, StepFailed
+from localbuilder.customizers import Customizer, StepContext, StepFailed
 from localbuilder.errors import CommunicatorError, CustomizerError
 from localbuilder.fetch import redact
+from localbuilder.template.model import OsType
 
 LINUX_ALLOWED_PREFIX = "/tmp/"
 
@@ -29,10 +30,10 @@ def destination_allowed(destination: str, *, allow_any: bool) -> bool:
 
 
 class File(Customizer, type_name="File"):
-    def preflight(self, os: GuestOS, *, allow_any_destination: bool, where: str) -> None:
+    def preflight(self, os: OsType, *, allow_any_destination: bool, where: str) -> None:
         super().preflight(os, allow_any_destination=allow_any_destination, where=where)
         dst = self.step.destination
-        if os is GuestOS.linux:
+        if os is OsType.linux:
             if not dst.startswith("/"):
                 raise CustomizerError(
                     f"{where}.destination: {dst!r} is not an absolute path",
@@ -52,7 +53,7 @@ class File(Customizer, type_name="File"):
         shown = redact(uri)  # a storage URL's query is its SAS token: never in the log
         dst: str = self.step.destination
         where = self.describe(ctx.index, ctx.section)
-        if ctx.os is GuestOS.windows:
+        if ctx.os is OsType.windows:
             from localbuilder.windows.files import upload_file
 
             ctx.remaining()

@@ -16,7 +16,8 @@ import shlex
 import tempfile
 from pathlib import Path
 
-from localbuilder.customizers import Customizer, GuestOS, StepContext, StepFailed
+from localbuilder.customizers import Customizer, StepContext, StepFailed
+from localbuilder.template.model import OsType
 from localbuilder.windows.powershell import inline_script, run_powershell_script
 
 # Exit status the Linux wrapper uses when pwsh is missing (what a shell returns for "not found").
@@ -25,10 +26,10 @@ PWSH_MISSING_MARKER = "__localbuilder_no_pwsh"
 
 
 class PowerShell(Customizer, type_name="PowerShell"):
-    supported_os = frozenset({GuestOS.windows, GuestOS.linux})
+    supported_os = frozenset({OsType.windows, OsType.linux})
 
     def apply(self, ctx: StepContext) -> None:
-        if ctx.os is GuestOS.linux:
+        if ctx.os is OsType.linux:
             self._apply_linux(ctx)
             return
         step = self.step

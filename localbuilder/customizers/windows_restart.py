@@ -6,7 +6,8 @@ See ``localbuilder.windows.restart`` for the algorithm; ``restartTimeout`` is pa
 
 from __future__ import annotations
 
-from localbuilder.customizers import Customizer, GuestOS, StepContext
+from localbuilder.customizers import Customizer, StepContext
+from localbuilder.template.model import OsType
 from localbuilder.windows.restart import (
     DEFAULT_RESTART_COMMAND,
     RestartOptions,
@@ -16,7 +17,7 @@ from localbuilder.windows.restart import (
 
 
 class WindowsRestart(Customizer, type_name="WindowsRestart"):
-    supported_os = frozenset({GuestOS.windows})
+    supported_os = frozenset({OsType.windows})
 
     def apply(self, ctx: StepContext) -> None:
         step = self.step

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from localbuilder.customizers import Customizer, GuestOS, StepContext
+from localbuilder.customizers import Customizer, StepContext
+from localbuilder.template.model import OsType
 from localbuilder.windows.update import DEFAULT_UPDATE_LIMIT, UpdateOptions, filters_for, windows_update
 
 
 class WindowsUpdate(Customizer, type_name="WindowsUpdate"):
-    supported_os = frozenset({GuestOS.windows})
+    supported_os = frozenset({OsType.windows})
 
     def apply(self, ctx: StepContext) -> None:
         step = self.step

@@ -17,11 +17,11 @@ from localbuilder.build import (
 )
 from localbuilder.checkpoints import LiveMeta
 from localbuilder.communicator.fake import FakeCommunicator
-from localbuilder.customizers import GuestOS
 from localbuilder.errors import BackendError, CheckpointMismatch, DeprovisionError
 from localbuilder.hypervisor import GuestSpec
 from localbuilder.hypervisor.fake import FakeBehaviour, FakeGuest, FakeHypervisor
 from localbuilder.state import KeptGuest
+from localbuilder.template.model import OsType
 
 
 @dataclasses.dataclass
@@ -29,7 +29,7 @@ class FakePlatform:
     tmp: Path
     # purpose ("build"/"validation") → the communicator of that guest
     comm_for: Callable[[str], FakeCommunicator] = lambda purpose: FakeCommunicator()
-    image_os: GuestOS = GuestOS.linux
+    image_os: OsType = OsType.linux
     user_script: bool = False
     deprovision_error: str | None = None
     problems: tuple[str, ...] = ()

@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
-from localbuilder.build import Build, BuildOptions, OnError, exit_code
+from localbuilder.build import Build, BuildOptions, exit_code
 from localbuilder.communicator.fake import FakeCall, FakeCommunicator, FakeReply
 from localbuilder.customizers.shell import INLINE_SHEBANG, STARTED_MARKER
 from localbuilder.distributors import NOT_UPLOADED
 from localbuilder.state import RunDir, RunRecord, RunState, RunSubState
 from localbuilder.template import model
+from localbuilder.template.model import OnBuildError
 from tests.build.fakes import FakePlatform
 
 
@@ -261,7 +262,7 @@ def test_sigterm_cancels(tmp_path: Path, tpl_dir: Path) -> None:
 def test_on_error_abort_keeps_the_guest(tmp_path: Path, tpl_dir: Path) -> None:
     comm = FakeCommunicator({re.compile("customize-0-"): 1})
     platform = FakePlatform(tmp_path, comm_for=lambda p: comm)
-    record = build(template(customize=(shell("s", "false"),)), platform, tpl_dir, on_error=OnError.abort)
+    record = build(template(customize=(shell("s", "false"),)), platform, tpl_dir, on_error=OnBuildError.abort)
     assert record.run_state is RunState.Failed
     assert record.kept_guest is not None
     assert record.kept_guest.ssh_command().startswith("ssh -i ")
@@ -281,7 +282,7 @@ def test_template_error_handling_abort_is_the_default(tmp_path: Path, tpl_dir: P
     assert build(tpl, platform, tpl_dir).kept_guest is not None
     # --on-error cleanup on the command line wins over the template
     platform = FakePlatform(tmp_path, comm_for=lambda p: FakeCommunicator({re.compile("customize-0-"): 1}))
-    assert build(tpl, platform, tpl_dir, on_error=OnError.cleanup).kept_guest is None
+    assert build(tpl, platform, tpl_dir, on_error=OnBuildError.cleanup).kept_guest is None
     assert not platform.guests["build"].is_running()
 
 
@@ -296,7 +297,7 @@ def test_on_error_ask_retry_then_success(tmp_path: Path, tpl_dir: Path) -> None:
         return next(answers)
 
     record = build(
-        template(customize=(shell("s", "flaky"),)), platform, tpl_dir, on_error=OnError.ask, prompt=prompt
+        template(customize=(shell("s", "flaky"),)), platform, tpl_dir, ask_on_error=True, prompt=prompt
     )
     assert record.run_state is RunState.Succeeded
     assert len(prompts) == 2 and "[r]etry" in prompts[0]
@@ -306,7 +307,7 @@ def test_on_error_ask_retry_then_success(tmp_path: Path, tpl_dir: Path) -> None:
 def test_on_error_ask_without_terminal_cleans_up(tmp_path: Path, tpl_dir: Path) -> None:
     platform = FakePlatform(tmp_path, comm_for=lambda p: FakeCommunicator({re.compile("customize-0-"): 1}))
     record = build(
-        template(customize=(shell("s", "x"),)), platform, tpl_dir, on_error=OnError.ask, interactive=False
+        template(customize=(shell("s", "x"),)), platform, tpl_dir, ask_on_error=True, interactive=False
     )
     assert record.run_state is RunState.Failed and record.kept_guest is None
     assert not platform.guests["build"].is_running()

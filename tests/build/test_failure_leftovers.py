@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 
 from localbuilder.__main__ import main
-from localbuilder.build import Build, BuildOptions, Inspection, OnError
+from localbuilder.build import Build, BuildOptions, Inspection
 from localbuilder.communicator.fake import FakeCommunicator
 from localbuilder.errors import Canceled, DistributeError, InspectionError
 from localbuilder.state import KeptGuest, RunDir, RunRecord, RunState
 from localbuilder.template import model
+from localbuilder.template.model import OnBuildError
 from tests.build.fakes import FakePlatform
 from tests.build.mounts import tmpfs
 from tests.build.test_build import shell, template, validation
@@ -107,7 +108,7 @@ def test_the_work_vhd_stays_under_a_kept_validation_guest_until_cancel(
 
     platform = FakePlatform(tmp_path, comm_for=comm_for)
     record = run_build(template(validate=validation(shell("check", "false"))), platform, tmp_path,
-                       on_error=OnError.abort)  # fmt: skip
+                       on_error=OnBuildError.abort)  # fmt: skip
     assert record.kept_guest is not None
     vhd = work_vhd(record, home)
     assert vhd.is_file()  # the kept guest's overlay is backed by it
@@ -243,7 +244,8 @@ def test_a_failed_target_before_others_is_announced_without_its_reason(
 def test_abort_says_how_to_stop_the_guest_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="localbuilder")
     platform = FakePlatform(tmp_path, comm_for=lambda p: FakeCommunicator({re.compile("customize-0-"): 1}))
-    record = run_build(template(customize=(shell("s", "false"),)), platform, tmp_path, on_error=OnError.abort)
+    record = run_build(template(customize=(shell("s", "false"),)), platform, tmp_path,
+                       on_error=OnBuildError.abort)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert f"localbuilder cancel {record.run_id}" in text
     assert "virsh destroy" not in text and "kill/" not in text

@@ -18,10 +18,10 @@ import pytest
 
 from localbuilder import pins
 from localbuilder.__main__ import main
-from localbuilder.build import OnError
 from localbuilder.checkpoints import CheckpointCache, EntryMeta, StagingDir
 from localbuilder.communicator.fake import FakeCommunicator, FakeReply
 from localbuilder.state import KeptGuest, RunDir, RunState, _start_ticks
+from localbuilder.template.model import OnBuildError
 from tests.build.fakes import FakePlatform
 from tests.build.test_checkpoints import k, make_entry, run_build, shell, template
 
@@ -228,7 +228,7 @@ def test_a_failed_build_pins_its_chain_until_it_is_resumed(tmp_path: Path) -> No
     steps = [shell("one", "echo 1"), shell("two", "exit 1")]
     failing = FakeCommunicator({re.compile("customize-1-"): FakeReply(exit_status=1, stderr="E: broken")})
     platform = FakePlatform(tmp_path, checkpoints=True, comm_for=lambda purpose: failing)
-    failed = run_build(template(*steps), platform, tmp_path, on_error=OnError.abort)
+    failed = run_build(template(*steps), platform, tmp_path, on_error=OnBuildError.abort)
     assert failed.run_state is RunState.Failed and failed.kept_guest is not None
     cache = CheckpointCache()
     [active] = pins.load(cache.root)

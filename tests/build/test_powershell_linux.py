@@ -8,13 +8,13 @@ import time
 import pytest
 
 from localbuilder.communicator.fake import FakeCommunicator, FakeReply
-from localbuilder.customizers import GuestOS, StepContext, StepFailed, customizer_for
-from localbuilder.template.model import PowerShellCustomizer
+from localbuilder.customizers import StepContext, StepFailed, customizer_for
+from localbuilder.template.model import OsType, PowerShellCustomizer
 
 
 def _ctx(comm: FakeCommunicator) -> StepContext:
     return StepContext(
-        index=1, comm=comm, os=GuestOS.linux, build_user="packer", deadline=time.monotonic() + 60
+        index=1, comm=comm, os=OsType.linux, build_user="packer", deadline=time.monotonic() + 60
     )
 
 

@@ -15,10 +15,11 @@ import pytest
 
 from localbuilder import customizers
 from localbuilder.communicator.fake import FakeCommunicator, FakeReply
-from localbuilder.customizers import GuestOS, StepContext
+from localbuilder.customizers import StepContext
 from localbuilder.errors import CommunicatorTimeout, CustomizerError
 from localbuilder.hypervisor.fake import FakeBehaviour, FakeGuest
 from localbuilder.hypervisor.spec import GuestSpec
+from localbuilder.template.model import OsType
 
 PROBE = re.compile(r"is-system-running")
 
@@ -28,7 +29,7 @@ def fast_probe(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(customizers, "DROP_PROBE_AFTER", 0.05)
 
 
-def context(comm: FakeCommunicator, guest: FakeGuest, os: GuestOS = GuestOS.linux) -> StepContext:
+def context(comm: FakeCommunicator, guest: FakeGuest, os: OsType = OsType.linux) -> StepContext:
     return StepContext(index=0, comm=comm, os=os, build_user="packer", deadline=time.monotonic() + 60,
                        guest=guest)  # fmt: skip
 
@@ -82,6 +83,6 @@ def test_windows_guests_are_not_probed(tmp_path: Path) -> None:
     comm = FakeCommunicator({PROBE: FakeReply(stdout="running\n")})
     guest = fake_guest(tmp_path)
     timer = reset_later(guest, 0.3)
-    context(comm, guest, GuestOS.windows).wait_for_reboot(0)
+    context(comm, guest, OsType.windows).wait_for_reboot(0)
     timer.join()
     assert comm.commands == [] and comm.reconnects == 1

@@ -34,13 +34,14 @@ from localbuilder.build import Build, BuildOptions
 from localbuilder.communicator import CommandResult, OutputCallback
 from localbuilder.communicator.fake import FakeCommunicator
 from localbuilder.communicator.output import StreamTail
-from localbuilder.customizers import GuestOS, StepContext, StepFailed
+from localbuilder.customizers import StepContext, StepFailed
 from localbuilder.customizers.file import File
 from localbuilder.customizers.shell import Shell
 from localbuilder.errors import CustomizerError
 from localbuilder.run import run
 from localbuilder.state import RunState
 from localbuilder.template import model
+from localbuilder.template.model import OsType
 from tests.build.fakes import FakePlatform
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,7 +109,7 @@ def pwned(*roots: Path) -> list[Path]:
 
 def context(comm: Any, fetched: dict[str, Path], *, allow_any: bool = False) -> StepContext:
     return StepContext(
-        index=0, comm=comm, os=GuestOS.linux, build_user="packer", deadline=time.monotonic() + 60,
+        index=0, comm=comm, os=OsType.linux, build_user="packer", deadline=time.monotonic() + 60,
         fetched=fetched, allow_any_destination=allow_any,
     )  # fmt: skip
 
@@ -180,7 +181,7 @@ def test_destination_under_tmp_is_uploaded_without_any_command(tmp_path: Path, p
 def test_traversal_out_of_tmp_is_refused_naming_the_field(destination: str) -> None:
     step = model.FileCustomizer(name="f", source_uri="x", destination=destination)
     with pytest.raises(CustomizerError) as info:
-        File(step).preflight(GuestOS.linux, allow_any_destination=False, where="properties.customize[3]")
+        File(step).preflight(OsType.linux, allow_any_destination=False, where="properties.customize[3]")
     assert str(info.value).startswith("properties.customize[3].destination:")
     assert "--allow-any-destination" in (info.value.hint or "")
 

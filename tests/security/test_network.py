@@ -24,10 +24,10 @@ import pytest
 
 from localbuilder.__main__ import main
 from localbuilder.build import SourceImage
-from localbuilder.customizers import GuestOS
 from localbuilder.errors import BackendError
 from localbuilder.hypervisor.spec import NetworkMode
 from localbuilder.platform import LocalPlatform
+from localbuilder.template.model import OsType
 from tests.build.test_build_integration import URN, home, write_template  # noqa: F401
 from tests.security.test_isolation_integration import HostServer
 
@@ -42,7 +42,7 @@ def test_build_network_flag_reaches_the_guest_session(
     seen: list[Any] = []
 
     def resolve(self: LocalPlatform, source: Any) -> SourceImage:
-        return SourceImage(tmp_path / "source.qcow2", "qcow2", GuestOS.linux, "test source")
+        return SourceImage(tmp_path / "source.qcow2", "qcow2", OsType.linux, "test source")
 
     @contextlib.contextmanager
     def recorder(*args: Any, **kwargs: Any) -> Iterator[None]:

@@ -26,10 +26,10 @@ from localbuilder.build import (
     Inspection,
     SourceImage,
 )
-from localbuilder.customizers import GuestOS
 from localbuilder.state import RunState
 from localbuilder.template import parse_template
 from localbuilder.template.load import load_documents
+from localbuilder.template.model import OsType
 from localbuilder.windows import deprovision_windows
 from tests.windows.guest_model import SEALED, WindowsGuest
 from tests.windows.helpers import USER, ServerGuest, connect, server_from_media
@@ -55,7 +55,7 @@ class WindowsTestPlatform:
         self.deprovisions = 0
 
     def resolve(self, source: Any) -> SourceImage:
-        return SourceImage(path=self.tmp / "win.vhd", format="vpc", os=GuestOS.windows,
+        return SourceImage(path=self.tmp / "win.vhd", format="vpc", os=OsType.windows,
                            label=f"{source.publisher}:{source.offer}:{source.sku}:{source.version}")
 
     @contextlib.contextmanager
@@ -167,7 +167,7 @@ class FakeHypervisorPlatform:
         return FakeBehaviour()
 
     def resolve(self, source: Any) -> SourceImage:
-        return SourceImage(path=self.base, format="qcow2", os=GuestOS.windows, label="win (test)", uefi=True)
+        return SourceImage(path=self.base, format="qcow2", os=OsType.windows, label="win (test)", uefi=True)
 
     @contextlib.contextmanager
     def boot(self, request: GuestRequest) -> Iterator[BootedGuest]:

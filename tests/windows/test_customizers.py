@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from localbuilder.customizers import GuestOS, StepContext, StepFailed, customizer_for, registered_types
+from localbuilder.customizers import StepContext, StepFailed, customizer_for, registered_types
 from localbuilder.template import model
+from localbuilder.template.model import OsType
 from tests.windows.helpers import USER, connect, server_guest
 
 
@@ -16,7 +17,7 @@ def context(srv, model_, tmp_path: Path, *, fetched: dict[str, Path] | None = No
             lines: list[tuple[str, str]] | None = None) -> StepContext:
     out = lines if lines is not None else []
     return StepContext(
-        index=2, comm=connect(srv), os=GuestOS.windows, build_user=USER, deadline=time.monotonic() + 60,
+        index=2, comm=connect(srv), os=OsType.windows, build_user=USER, deadline=time.monotonic() + 60,
         guest=server_guest(srv, model_, tmp_path), fetched=fetched or {},
         output=lambda stream, line: out.append((stream, line)),
     )
@@ -25,9 +26,9 @@ def context(srv, model_, tmp_path: Path, *, fetched: dict[str, Path] | None = No
 def test_registered() -> None:
     types = registered_types()
     for name in ("WindowsRestart", "WindowsUpdate"):
-        assert GuestOS.windows in types[name].supported_os and GuestOS.linux not in types[name].supported_os
+        assert OsType.windows in types[name].supported_os and OsType.linux not in types[name].supported_os
     # PowerShell also runs on Linux guests, through pwsh (tests/build/test_powershell_linux.py).
-    assert types["PowerShell"].supported_os == {GuestOS.windows, GuestOS.linux}
+    assert types["PowerShell"].supported_os == {OsType.windows, OsType.linux}
 
 
 def test_powershell_inline_output_goes_to_the_log(wsman, tmp_path: Path) -> None:
