@@ -1,6 +1,6 @@
 """Boot benchmark: start → SSH ready → clean ACPI power-off, direct QEMU vs libvirt, 1 vs 2 vCPUs.
 
-Boots the Debian 12 test image (``.cache/test-images/READY``) through ``localbuilder.session`` with the
+Boots the Debian 12 test image (``.cache/test-images/READY``) through ``localbuilder.guest.linux`` with the
 accelerator ``resolve_accel("auto")`` picks (TCG on the development machines: FACTS §1). Each boot
 holds ``/tmp/lb-guest.lock`` so that it never competes with another guest for the CPUs.
 ``LB_BENCH_BOOT_REPEATS`` (default 1) boots each configuration that many times; medians are reported.
@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from localbuilder.guest.linux import linux_guest
 from localbuilder.hypervisor.probe import resolve_accel
-from localbuilder.session import linux_guest
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = Path("/tmp/lb-guest.lock")

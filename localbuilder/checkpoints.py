@@ -47,7 +47,6 @@ import xxhash
 from localbuilder import paths, pins
 from localbuilder.errors import CommandError, UsageError
 from localbuilder.run import run
-from localbuilder.session import LiveState
 from localbuilder.state import ProcessInfo, _start_ticks, now_iso, write_json_atomic
 
 log = logging.getLogger("localbuilder.checkpoints")
@@ -115,6 +114,21 @@ def parse_size(text: str) -> int:
 def default_max_size() -> int:
     raw = os.environ.get(MAX_SIZE_ENV)
     return parse_size(raw) if raw else DEFAULT_MAX_SIZE
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveState:
+    """A guest frozen by a live checkpoint (``QemuGuest.checkpoint``), ready to resume (FACTS §3e).
+
+    The resumed guest must see the same devices, so it gets the very seed it booted with; and it has
+    the same SSH user, build key and host keys as when it was frozen."""
+
+    disk: Path  # the frozen qcow2 layer (never written again; the resumed guest gets an overlay)
+    state_file: Path  # RAM + device state
+    seed_iso: Path
+    key_file: Path
+    host_keys: tuple[str, ...]
+    user: str
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from localbuilder import paths
 from localbuilder.errors import LocalBuilderError
+from localbuilder.hypervisor.libvirt import LibvirtHypervisor
 from localbuilder.run import run as run_cmd
 from localbuilder.state import (
     ActiveGuest,
@@ -142,35 +143,15 @@ def _stop_qemu(pid: int, name: str, start_ticks: int | None) -> bool:
 
 def _stop_libvirt(guest: ActiveGuest) -> bool | None:
     """Destroy (and undefine, if persistent) the domain. True: stopped; False: not there; None: failed."""
-    from localbuilder.hypervisor import get_backend
-
     try:
-        hv = get_backend("libvirt", uri=guest.libvirt_uri)
+        hv = LibvirtHypervisor(uri=guest.libvirt_uri)
     except LocalBuilderError as exc:
         log.warning("cannot reach libvirt to stop domain %s: %s", guest.name, exc.message)
         return None
-    conn = getattr(hv, "conn", None)
-    libvirt = getattr(hv, "libvirt", None)
-    if conn is None or libvirt is None:
-        return None
     try:
-        try:
-            dom = conn.lookupByName(guest.name)
-        except libvirt.libvirtError:
-            return False
-        stopped = False
-        with contextlib.suppress(libvirt.libvirtError):
-            if dom.isActive():
-                dom.destroy()
-                stopped = True
-        with contextlib.suppress(libvirt.libvirtError):
-            if dom.isPersistent():
-                dom.undefine()
-        return stopped
+        return hv.remove_domain(guest.name)
     finally:
-        close = getattr(hv, "close", None)
-        if callable(close):
-            close()
+        hv.close()
 
 
 # -- files ------------------------------------------------------------------------------------------------

@@ -12,19 +12,21 @@ import logging
 import sys
 import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from localbuilder import invocation, paths, room
+from localbuilder import invocation, parallel, paths, room
 from localbuilder.bootwatch import DEFAULT_BOOT_TIMEOUT
+from localbuilder.build import Build, BuildOptions, exit_code
 from localbuilder.distributors import AzureOptions
 from localbuilder.errors import LocalBuilderError, TemplateError, UsageError
+from localbuilder.guest import Platform, SourceImage
+from localbuilder.guest.local import LocalPlatform
 from localbuilder.invocation import Invocation
-from localbuilder.template.model import OnBuildError
-
-if TYPE_CHECKING:
-    from localbuilder.build import Platform, SourceImage
-    from localbuilder.room import Need
-    from localbuilder.template.model import Template
+from localbuilder.recovery import recover_and_warn
+from localbuilder.room import Need
+from localbuilder.state import RunState, find_run, reconcile
+from localbuilder.template import Severity, parse_template
+from localbuilder.template.load import load_documents
+from localbuilder.template.model import OnBuildError, Template
 
 NAME = "build"
 HELP = "build an AIB image template locally (boot, customize, deprovision, fixed VHD, distribute)"
@@ -188,8 +190,6 @@ def _load(path: Path, inv: Invocation, *, warn: bool = True) -> Template:
     """Load and validate one template; ``path`` as the user wrote it (error messages name it so).
 
     ``warn=False`` keeps the findings that do not stop the build quiet (the child build logs them)."""
-    from localbuilder.template import Severity, parse_template
-    from localbuilder.template.load import load_documents
 
     if not path.is_file():
         raise UsageError(f"{path}: no such file", hint="Give the path of an AIB template (JSON).")
@@ -224,8 +224,6 @@ def _load(path: Path, inv: Invocation, *, warn: bool = True) -> Template:
 def _build(
     template: Template, inv: Invocation, args: argparse.Namespace, *, resume_run: Path | None = None
 ) -> int:
-    from localbuilder.build import Build, BuildOptions, exit_code
-    from localbuilder.platform import LocalPlatform
 
     platform = LocalPlatform(
         backend=inv.hypervisor,
@@ -277,7 +275,6 @@ def _room_needs(template: Template, platform: Platform, output_dir: Path | None,
 
 
 def run(args: argparse.Namespace) -> int:
-    from localbuilder.recovery import recover_and_warn
 
     recover_and_warn()  # builds that were killed: stop their guests, mark their runs Failed
     if args.resume is not None:
@@ -302,7 +299,6 @@ CHILD_COMMAND: list[str] = [sys.executable, "-m", "localbuilder"]
 
 
 def _build_many(args: argparse.Namespace) -> int:
-    from localbuilder import parallel
 
     if args.resource is not None:
         raise UsageError(
@@ -334,7 +330,6 @@ def _build_many(args: argparse.Namespace) -> int:
         _check_distinct_outputs(templates, args.templates, invocations[0].output_dir)
     _azure_options(args)  # a bad --staging fails before any build starts
     # Room for every build's VHDs at once (--parallel N may run them all together), summed per filesystem.
-    from localbuilder.platform import LocalPlatform
 
     platform = LocalPlatform()  # only resolves sources here
     room.check(
@@ -386,7 +381,6 @@ def _check_distinct_outputs(templates: list[Template], paths: list[Path], output
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from localbuilder.state import RunState, find_run, reconcile
 
     if args.templates:
         raise UsageError(

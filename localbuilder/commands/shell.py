@@ -27,12 +27,12 @@ import paramiko
 
 from localbuilder import paths
 from localbuilder.errors import CatalogError, CommunicatorError, UsageError
+from localbuilder.guest.linux import LinuxGuest, linux_guest
 from localbuilder.hypervisor import BACKENDS
 from localbuilder.hypervisor.probe import resolve_accel
 from localbuilder.hypervisor.sizes import guest_shape
 from localbuilder.hypervisor.spec import NetworkMode
 from localbuilder.log import format_duration
-from localbuilder.session import LinuxGuest, linux_guest
 
 log = logging.getLogger("localbuilder.commands.shell")
 

@@ -1,20 +1,27 @@
 """Hypervisor backends behind one small interface.
 
-A ``Hypervisor`` starts a ``Guest`` from a ``GuestSpec``. Backends: ``qemu`` (direct qemu-system, the
-default: no daemon needed), ``libvirt`` (libvirt-python, local or remote URIs) and ``fake`` (in-memory,
-for unit tests). ``get_backend(name, **options)`` picks one.
+A ``Hypervisor`` starts a ``Guest`` from a ``GuestSpec``. Backends (``localbuilder.hypervisor.backends``):
+``qemu`` (direct qemu-system, the default: no daemon needed), ``libvirt`` (libvirt-python, local or
+remote URIs) and ``fake`` (in-memory, for unit tests).
+
+What only some backends can do is a small optional protocol (``HasPid``, ``Checkpointable``,
+``HasStatus``, ``HasLifecycleEvents``, ``HasStderr``): callers test for it with ``isinstance`` instead of
+probing attributes, so a backend that gains the feature needs no change elsewhere.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from localbuilder.hypervisor.spec import Accel, DeviceSet, Firmware, GuestSpec, NetworkMode, PortForward
 
 __all__ = [
-    "Accel", "DeviceSet", "Firmware", "Guest", "GuestSpec", "Hypervisor", "NetworkMode", "PortForward",
-    "get_backend", "BACKENDS",
+    "Accel", "BACKENDS", "Checkpointable", "DeviceSet", "Firmware", "Guest", "GuestSpec",
+    "HasLifecycleEvents", "HasPid", "HasStatus", "HasStderr", "Hypervisor", "NetworkMode", "PortForward",
 ]
+
+BACKENDS = ("qemu", "libvirt", "fake")
 
 
 @runtime_checkable
@@ -48,26 +55,52 @@ class Hypervisor(Protocol):
     def start(self, spec: GuestSpec) -> Guest: ...
 
 
-BACKENDS = ("qemu", "libvirt", "fake")
+# -- optional features ----------------------------------------------------------------------------------
 
 
-def get_backend(name: str, **options: Any) -> Hypervisor:
-    """The backend called ``name``; ``options`` go to its constructor (e.g. ``uri=`` for libvirt).
+@runtime_checkable
+class HasPid(Protocol):
+    """A guest that is a process of this host (direct qemu): recovery finds it again by its pid."""
 
-    Backends are imported lazily: libvirt-python is an optional dependency, and importing it costs time.
-    """
-    from localbuilder.errors import UsageError
+    @property
+    def pid(self) -> int: ...
 
-    if name == "qemu":
-        from localbuilder.hypervisor.qemu import QemuHypervisor
 
-        return QemuHypervisor(**options)
-    if name == "libvirt":
-        from localbuilder.hypervisor.libvirt import LibvirtHypervisor
+@runtime_checkable
+class Checkpointable(Protocol):
+    """A guest whose disk (and memory) can be frozen into a checkpoint and resumed (FACTS §3e)."""
 
-        return LibvirtHypervisor(**options)
-    if name == "fake":
-        from localbuilder.hypervisor.fake import FakeHypervisor
+    @property
+    def top_image(self) -> Path:
+        """The disk layer the guest writes now (a checkpoint puts a new one on top)."""
+        ...
 
-        return FakeHypervisor(**options)
-    raise UsageError(f"unknown hypervisor backend {name!r}", hint=f"Use one of: {', '.join(BACKENDS)}.")
+    def checkpoint(self, new_top: Path, state_file: Path | None, *, timeout: float) -> None:
+        """Freeze the current top layer, go on writing into ``new_top``; with ``state_file``, save the
+        memory there too (a live checkpoint)."""
+        ...
+
+    def restore(self, state_file: Path, *, timeout: float) -> None:
+        """Load a live checkpoint's memory into a guest started with ``spec.incoming``."""
+        ...
+
+
+@runtime_checkable
+class HasStatus(Protocol):
+    """The hypervisor's run state of the guest: running, paused, io-error, guest-panicked …"""
+
+    def status(self) -> str: ...
+
+
+@runtime_checkable
+class HasLifecycleEvents(Protocol):
+    """Power events the hypervisor saw (QMP SHUTDOWN with its reason, RESET …), oldest first."""
+
+    def lifecycle_events(self) -> list[dict[str, Any]]: ...
+
+
+@runtime_checkable
+class HasStderr(Protocol):
+    """A guest whose hypervisor process writes a log of its own (qemu's stderr)."""
+
+    def stderr_tail(self, lines: int = 20) -> str: ...

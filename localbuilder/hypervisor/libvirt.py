@@ -288,6 +288,23 @@ class LibvirtHypervisor:
                 dom.destroy()
             raise
 
+    def remove_domain(self, name: str) -> bool:
+        """Destroy (and undefine, if persistent) the domain ``name``: True when it was running, False
+        when it was not (or is not there at all). Used by recovery for a SIGKILLed build's guest."""
+        try:
+            dom = self.conn.lookupByName(name)
+        except self.libvirt.libvirtError:
+            return False
+        stopped = False
+        with contextlib.suppress(self.libvirt.libvirtError):
+            if dom.isActive():
+                dom.destroy()
+                stopped = True
+        with contextlib.suppress(self.libvirt.libvirtError):
+            if dom.isPersistent():
+                dom.undefine()
+        return stopped
+
     def domains(self) -> list[str]:
         """Names of the running domains (for tests and leak checks)."""
         return [d.name() for d in self.conn.listAllDomains()]

@@ -8,16 +8,11 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from localbuilder.build import (
-    BootedGuest,
-    DeprovisionOutcome,
-    GuestRequest,
-    Inspection,
-    SourceImage,
-)
 from localbuilder.checkpoints import LiveMeta
 from localbuilder.communicator.fake import FakeCommunicator
 from localbuilder.errors import BackendError, CheckpointMismatch, DeprovisionError
+from localbuilder.guest import BootedGuest, DeprovisionOutcome, GuestRequest, Inspection, SourceImage
+from localbuilder.guest.linux import settle_after_reboot
 from localbuilder.hypervisor import GuestSpec
 from localbuilder.hypervisor.fake import FakeBehaviour, FakeGuest, FakeHypervisor
 from localbuilder.state import KeptGuest
@@ -75,7 +70,7 @@ class FakePlatform:
         booted = BootedGuest(
             guest=guest, comm=comm, host="127.0.0.1", port=2222, user="packer",
             key_file=request.workdir / "key", overlay=overlay, overlay_format="qcow2", serial_log=None,
-            backend="fake",
+            backend="fake", settle=settle_after_reboot if request.image.os is OsType.linux else None,
             _keep=lambda: KeptGuest("127.0.0.1", 2222, "packer", str(request.workdir / "key"), "fake"),
         )  # fmt: skip
         try:

@@ -308,7 +308,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_checkpoint_that_would_starve_the_build_is_refused(small_fs: Path) -> None:
-    from localbuilder import platform
+    from localbuilder.guest import local as platform
 
     cache = CheckpointCache(small_fs / "cache" / "checkpoints")
     entry(cache, k(1), None, 0)
@@ -331,8 +331,8 @@ def test_a_checkpoint_that_would_starve_the_build_is_refused(small_fs: Path) -> 
 def test_a_save_that_ran_out_of_space_says_so(small_fs: Path) -> None:
     import errno
 
-    from localbuilder import platform
     from localbuilder.errors import BackendError
+    from localbuilder.guest import local as platform
 
     cache = CheckpointCache(small_fs / "cache" / "checkpoints")
     cache.root.mkdir(parents=True)

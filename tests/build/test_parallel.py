@@ -329,10 +329,8 @@ class RecordingBuild:
 
 @pytest.fixture
 def recording(monkeypatch: pytest.MonkeyPatch) -> type[RecordingBuild]:
-    import localbuilder.build
-
     RecordingBuild.calls = []
-    monkeypatch.setattr(localbuilder.build, "Build", RecordingBuild)
+    monkeypatch.setattr("localbuilder.commands.build.Build", RecordingBuild)
     return RecordingBuild
 
 
@@ -544,10 +542,9 @@ def test_the_real_build_writes_invocation_json_without_secrets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """CLI → the real Build (on the fake platform) → ``<run>/invocation.json`` as --resume reads it."""
-    import localbuilder.platform
     from tests.build.fakes import FakePlatform
 
-    monkeypatch.setattr(localbuilder.platform, "LocalPlatform", lambda **kw: FakePlatform(tmp_path))
+    monkeypatch.setattr("localbuilder.commands.build.LocalPlatform", lambda **kw: FakePlatform(tmp_path))
     tpl = arm_template(tmp_path / "tpl")
     staging = f"https://acct.blob.core.windows.net/images?{SAS}"
     code = main(["build", str(tpl), "--param", "adminPassword=Hunter2!pw", "--param", "greeting=hi",

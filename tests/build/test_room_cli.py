@@ -17,8 +17,8 @@ import pytest
 from localbuilder.__main__ import main
 from localbuilder.commands import build as build_command
 from localbuilder.errors import BackendError
+from localbuilder.guest.local import LocalPlatform
 from localbuilder.invocation import Invocation
-from localbuilder.platform import LocalPlatform
 from localbuilder.state import RunDir, RunState, iter_runs, now_iso
 from tests.build.mounts import tmpfs
 from tests.build.test_build_integration import write_template

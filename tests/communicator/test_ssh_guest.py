@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from localbuilder.errors import CommunicatorTimeout, Disconnected
+from localbuilder.guest.linux import linux_guest
 from localbuilder.hypervisor.probe import resolve_accel
 from localbuilder.images import BuiltImage
-from localbuilder.session import linux_guest
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger("tests.communicator.guest")

@@ -15,9 +15,9 @@ from localbuilder import disk, vhd
 from localbuilder import inspect as ins
 from localbuilder.deprovision import deprovision_linux
 from localbuilder.errors import Disconnected
+from localbuilder.guest.linux import linux_guest
 from localbuilder.hypervisor.probe import resolve_accel, timeout_scale
 from localbuilder.images import BuiltImage
-from localbuilder.session import linux_guest
 
 pytestmark = pytest.mark.integration
 

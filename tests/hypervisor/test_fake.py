@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from localbuilder.errors import BackendError
-from localbuilder.hypervisor import Guest, GuestSpec, get_backend
+from localbuilder.hypervisor import Guest, GuestSpec
+from localbuilder.hypervisor.backends import get_backend
 from localbuilder.hypervisor.fake import FakeBehaviour, FakeHypervisor
 
 

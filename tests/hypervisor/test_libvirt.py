@@ -64,7 +64,7 @@ def test_remote_uri_detection(uri: str, remote: bool) -> None:
 def test_transient_domain_does_not_relabel_backing_file(tmp_path: Path, libvirt_uri: str) -> None:
     """The DAC seclabel: qemu (as root) opens files in a 0700 tree and chowns nothing, not even the
     overlay's backing file (FACTS §3b). The payload is the KVM-probe boot sector: it halts at once."""
-    from localbuilder.hypervisor import get_backend
+    from localbuilder.hypervisor.backends import get_backend
     from localbuilder.hypervisor.probe import boot_sector
     from localbuilder.run import run
 

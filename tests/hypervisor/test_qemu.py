@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from localbuilder.errors import BackendError
-from localbuilder.hypervisor import get_backend
+from localbuilder.hypervisor.backends import get_backend
 from localbuilder.hypervisor.qemu import GuestFiles, PortInUse, QemuHypervisor, free_port, qemu_argv
 from localbuilder.hypervisor.spec import Accel, Firmware, GuestSpec, NetworkMode, PortForward
 from tests.fixtures.golden import Golden

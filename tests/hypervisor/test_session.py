@@ -18,8 +18,8 @@ import pytest
 from localbuilder import keys
 from localbuilder.communicator.ssh import SSHCommunicator
 from localbuilder.errors import BackendError, HostKeyMismatch
+from localbuilder.guest.linux import linux_guest
 from localbuilder.hypervisor.spec import Accel
-from localbuilder.session import linux_guest
 
 pytestmark = pytest.mark.integration
 

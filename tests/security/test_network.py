@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 
 from localbuilder.__main__ import main
-from localbuilder.build import SourceImage
 from localbuilder.errors import BackendError
+from localbuilder.guest import SourceImage
+from localbuilder.guest.local import LocalPlatform
 from localbuilder.hypervisor.spec import NetworkMode
-from localbuilder.platform import LocalPlatform
 from localbuilder.template.model import OsType
 from tests.build.test_build_integration import URN, home, write_template  # noqa: F401
 from tests.security.test_isolation_integration import HostServer
@@ -51,7 +51,7 @@ def test_build_network_flag_reaches_the_guest_session(
         yield  # pragma: no cover - a generator context manager needs a yield
 
     monkeypatch.setattr(LocalPlatform, "resolve", resolve)
-    monkeypatch.setattr("localbuilder.session.linux_guest", recorder)
+    monkeypatch.setattr("localbuilder.guest.local.linux_guest", recorder)
     tpl = write_template(tmp_path / "tpl", "net", [{"type": "Shell", "inline": ["true"]}])
     with contextlib.redirect_stderr(io.StringIO()):
         assert main(["build", str(tpl), "--accel", "tcg", *flag]) == 1

@@ -159,7 +159,7 @@ def test_storage_secrets_never_reach_artefacts_output_or_errors(
 
     platform = VhdPlatform(tmp_path)
     platform.vhd = tiny_vhd
-    monkeypatch.setattr("localbuilder.platform.LocalPlatform", lambda **kwargs: platform)
+    monkeypatch.setattr("localbuilder.commands.build.LocalPlatform", lambda **kwargs: platform)
     out, err = io.StringIO(), io.StringIO()
     with debug_records() as records, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         args = ["build", str(tpl), "--json", "--staging", staging, "--dry-run-azure"]

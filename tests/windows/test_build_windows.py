@@ -5,7 +5,7 @@ What is real here: template loading and validation, the orchestrator (``Build``)
 NTLM, pinned certificate) and ``deprovision_windows``. What is not: the guest (the model).
 
 ``test_corpus_windows_template`` uses a minimal platform (placeholder disk). ``test_windows_boot_path_
-through_build`` goes through ``windows.session.boot_for_build``: a real qcow2 overlay, the first-boot ISO
+through_build`` goes through ``guest.windows.boot_for_build``: a real qcow2 overlay, the first-boot ISO
 (whose certificate and password the fake guest serves), the fake hypervisor counting resets, Sysprep and
 a real fixed-VHD conversion. The offline inspection is Linux-only and skipped in both.
 """
@@ -17,15 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from localbuilder.build import (
-    BootedGuest,
-    Build,
-    BuildOptions,
-    DeprovisionOutcome,
-    GuestRequest,
-    Inspection,
-    SourceImage,
-)
+from localbuilder.build import Build, BuildOptions
+from localbuilder.guest import BootedGuest, DeprovisionOutcome, GuestRequest, Inspection, SourceImage
 from localbuilder.state import RunState
 from localbuilder.template import parse_template
 from localbuilder.template.load import load_documents
@@ -171,15 +164,15 @@ class FakeHypervisorPlatform:
 
     @contextlib.contextmanager
     def boot(self, request: GuestRequest) -> Iterator[BootedGuest]:
+        from localbuilder.guest.windows import boot_for_build
         from localbuilder.hypervisor.spec import Accel
-        from localbuilder.windows.session import boot_for_build
 
         with boot_for_build(request, hypervisor=self.hv, accel=Accel.kvm) as booted:
             self.models[-1].fake_guest = booted.guest
             yield booted
 
     def deprovision(self, booted: BootedGuest, *, timeout: float) -> DeprovisionOutcome:
-        from localbuilder.windows.session import deprovision_for_build
+        from localbuilder.guest.windows import deprovision_for_build
 
         return deprovision_for_build(booted, timeout=timeout)
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from localbuilder.errors import BackendError
+from localbuilder.guest.windows import windows_guest
 from localbuilder.hypervisor import GuestSpec
 from localbuilder.hypervisor.fake import FakeBehaviour, FakeHypervisor
 from localbuilder.hypervisor.spec import Accel
 from localbuilder.run import run
-from localbuilder.windows.session import windows_guest
 from tests.windows.guest_model import WindowsGuest
 from tests.windows.helpers import server_from_media
 from tests.windows.wsman_server import WSManServer

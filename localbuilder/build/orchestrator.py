@@ -11,13 +11,11 @@
                  or from the source with sourceValidationOnly
     Distributing each distribute[] target independently
 
-``buildTimeoutInMinutes`` bounds the whole run. Every blocking call gets the remaining time as its
-timeout, and a watchdog thread interrupts the main thread (SIGUSR1 → BuildTimeout) in case some call
-blocks anyway; ``localbuilder cancel`` works the same way (SIGTERM, or a cancel-request file the
-watchdog polls). Interrupts fire once: the cleanup that follows (guest power-down) is not interrupted.
+``buildTimeoutInMinutes`` bounds the whole run (``build.interrupts``); a failed step meets the
+failure policy (``build.failures``); the checkpoint cache is ``build.checkpointing``.
 
-The guest and disk services are injected through ``Platform`` so the whole flow runs in unit tests on
-``FakeHypervisor`` + ``FakeCommunicator``; ``localbuilder.platform.LocalPlatform`` is the real one.
+The guest and disk services are injected through ``guest.Platform`` so the whole flow runs in unit tests
+on ``FakeHypervisor`` + ``FakeCommunicator``; ``guest.local.LocalPlatform`` is the real one.
 """
 
 from __future__ import annotations
@@ -27,20 +25,19 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import socket
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
-from localbuilder import checkpoints, pins, validators
+from localbuilder import validators
 from localbuilder.bootwatch import DEFAULT_BOOT_TIMEOUT
-from localbuilder.communicator import Communicator
+from localbuilder.build.checkpointing import Checkpointing, chain_for
+from localbuilder.build.failures import FailurePolicy, StepFailure
+from localbuilder.build.interrupts import Interrupts
+from localbuilder.checkpoints import Entry
 from localbuilder.customizers import Customizer, StepContext, customizer_for
 from localbuilder.distributors import AzureOptions, DistributeContext, distributor_for
 from localbuilder.errors import (
@@ -56,13 +53,12 @@ from localbuilder.errors import (
     UsageError,
 )
 from localbuilder.fetch import FetchRequest, fetch_all, redact
-from localbuilder.hypervisor import Guest
+from localbuilder.guest import BootedGuest, GuestRequest, Platform, SourceImage
 from localbuilder.log import add_file_handler, complete_step, format_duration, remove_handler
 from localbuilder.recovery import release_short_workdirs
 from localbuilder.runlog import CustomizationLog, phase_table
 from localbuilder.state import (
     ActiveGuest,
-    KeptGuest,
     PhaseTiming,
     ProcessInfo,
     RunDir,
@@ -81,126 +77,12 @@ log = logging.getLogger("localbuilder.build")
 # AIB waits 20 min for SSH (FACTS §6); under TCG the first login took ~65 s here.
 SSH_WAIT_SECONDS = DEFAULT_BOOT_TIMEOUT  # --boot-timeout overrides it (BuildOptions.boot_timeout)
 DEPROVISION_SECONDS = 10 * 60
-CLOUD_INIT_WAIT_SECONDS = 10 * 60
+SETTLE_SECONDS = 10 * 60  # after a reboot inside a step: cloud-init finishes again
 # 108-byte sun_path minus "/lb-XXXXXXXXXX/qmp.sock" (23) and some slack for the backend's own names.
 MAX_WORKDIR_BYTES = 75
 CANCELED_MESSAGE = "the build was canceled; nothing was left running"
 INVOCATION_FILE = "invocation.json"
 WORK_VHD = "image.vhd"  # the converted VHD in the run directory, before the distributors place it
-
-
-# Saving a checkpoint: ~0.5 s pause + the memory write under TCG here (FACTS §3e).
-CHECKPOINT_SECONDS = 5 * 60
-
-
-# ---------------------------------------------------------------------------------------------------------
-# What the orchestrator needs from the machinery (real: localbuilder.platform; tests: fakes)
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceImage:
-    path: Path
-    format: str  # qemu-img format name: qcow2, raw, vpc …
-    os: OsType
-    label: str  # what the user called it (URN, resource id)
-    uefi: bool = False
-
-
-@dataclasses.dataclass
-class BootedGuest:
-    """A running guest with a connected communicator. ``keep()`` stops the platform from removing it."""
-
-    guest: Guest
-    comm: Communicator
-    host: str
-    port: int
-    user: str
-    key_file: Path
-    overlay: Path
-    overlay_format: str
-    serial_log: Path | None
-    backend: str
-    kept: KeptGuest | None = None
-    host_keys: tuple[str, ...] = ()  # pinned SSH host keys (kept with a live checkpoint)
-    seed_iso: Path | None = None  # the seed the guest booted with (a live resume needs the same one)
-    layers: int = 0  # live checkpoints taken so far: each put a new overlay on top
-    _keep: Callable[[], KeptGuest] | None = None
-
-    def keep(self) -> KeptGuest:
-        if self.kept is None:
-            if self._keep is None:
-                raise LocalBuilderError("this guest backend cannot keep a guest running")
-            self.kept = self._keep()
-        return self.kept
-
-
-@dataclasses.dataclass(frozen=True)
-class GuestRequest:
-    image: SourceImage
-    workdir: Path
-    disk_size_bytes: int | None
-    vm_size: str
-    purpose: str  # "build" | "validation"
-    timeout: float  # SSH readiness bound (the remaining build time caps it)
-    checkpoint: checkpoints.Entry | None = None  # continue from this checkpoint instead of the image
-
-
-@dataclasses.dataclass(frozen=True)
-class DeprovisionOutcome:
-    user_script: bool  # the template wrote /tmp/DeprovisioningScript.sh and it replaced ours
-    script_seconds: float
-    poweroff_seconds: float
-
-
-@dataclasses.dataclass(frozen=True)
-class Inspection:
-    problems: tuple[str, ...]  # findings that mean "not generalized"
-    report: dict[str, Any]
-
-
-class Platform(Protocol):
-    def resolve(self, source: Any) -> SourceImage: ...
-
-    def boot(self, request: GuestRequest) -> contextlib.AbstractContextManager[BootedGuest]: ...
-
-    def deprovision(self, booted: BootedGuest, *, timeout: float) -> DeprovisionOutcome:
-        """Run AIB's hidden deprovision step and wait for the guest to power off."""
-        ...
-
-    def convert(self, src: Path, src_format: str, dst: Path, *, size_bytes: int | None) -> int:
-        """Fixed, MiB-aligned, footer-verified VHD at ``dst``; returns its virtual size."""
-        ...
-
-    def inspect(self, vhd: Path, build_user: str) -> Inspection: ...
-
-    def checkpoint_traits(self, image: SourceImage) -> Mapping[str, Any] | None:
-        """What besides the template shapes a booted guest (backend, accelerator, network …), for the
-        checkpoint keys; None when this platform cannot take checkpoints of ``image``'s guests."""
-        ...
-
-    def checkpoint(
-        self,
-        booted: BootedGuest,
-        staging: Path,
-        *,
-        backing: Path,
-        backing_format: str,
-        timeout: float,
-        mark: str,
-        room_for: Path,
-    ) -> checkpoints.LiveMeta | None:
-        """Quiesce the guest (writing ``mark``, the checkpoint's key, into it), freeze its disk into
-        ``staging/disk.qcow2`` (rebased onto ``backing``) and, where the backend can, its memory for a
-        live resume (then returns what that resume needs). Refuses (CheckpointError) when the checkpoint
-        would leave too little room in ``room_for`` for the conversion that follows."""
-        ...
-
-    def check_layer(self, disk: Path) -> str | None:
-        """Structural check of a checkpoint's disk layer before a build uses it; None when sound."""
-        ...
-
-
-# ---------------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,94 +101,6 @@ class BuildOptions:
     resume_run: Path | None = None  # --resume: continue this (failed) run directory instead of a new one
     invocation: Mapping[str, Any] | None = None  # the CLI arguments, kept as invocation.json for --resume
     boot_timeout: float = SSH_WAIT_SECONDS  # --boot-timeout: the SSH wait per boot (build timeout bounds it)
-
-
-@dataclasses.dataclass(frozen=True)
-class FailurePolicy:
-    mode: model.OnBuildError
-    ask: bool  # ask on a terminal first (--on-error ask); without one, ``mode`` is cleanup
-    prompt: Callable[[str], str] | None
-
-
-class _Interrupts:
-    """Deadline and cancel-request watchdog; raises into the main thread exactly once per cause."""
-
-    def __init__(self, deadline: float, cancel_file: Path) -> None:
-        self.deadline = deadline
-        self.cancel_file = cancel_file
-        self.armed = True
-        self.reason: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="build-watchdog", daemon=True)
-        self._main = threading.main_thread().ident
-        self._in_main = threading.current_thread() is threading.main_thread()
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _Interrupts:
-        if self._in_main:
-            for sig in (signal.SIGUSR1, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.armed = False
-        self._stop.set()
-        self._thread.join(timeout=2)
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-    def disarm(self) -> None:
-        self.armed = False
-
-    def check(self) -> None:
-        """Raise the pending interrupt, if any (also used between steps)."""
-        if self.cancel_file.exists():
-            self.reason = "cancel"
-        if self.reason == "cancel":
-            raise Canceled("the build was canceled")
-        if time.monotonic() >= self.deadline:
-            self.reason = "timeout"
-            raise BuildTimeout("buildTimeoutInMinutes expired")
-
-    def _handler(self, signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGTERM:
-            self.reason = self.reason or "cancel"
-        if not self.armed:
-            return  # cleanup in progress: let it finish (the final state records the cancel)
-        self.armed = False  # once: what follows is cleanup
-        if self.reason == "timeout":
-            raise BuildTimeout("buildTimeoutInMinutes expired")
-        raise Canceled("the build was canceled")
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.25):
-            if not self.armed:
-                continue
-            if self.cancel_file.exists():
-                self.reason = "cancel"
-            elif time.monotonic() >= self.deadline:
-                self.reason = "timeout"
-            else:
-                continue
-            if self._in_main and self._main is not None:
-                signal.pthread_kill(self._main, signal.SIGUSR1)
-            return
-
-
-class StepFailure(Exception):
-    """Internal: a step failed and the policy says stop. Carries the step and the user-facing error."""
-
-    def __init__(self, step: str, error: LocalBuilderError, kept: KeptGuest | None) -> None:
-        super().__init__(error.message)
-        self.step = step
-        self.error = error
-        self.kept = kept
-
-    def summary(self) -> str:
-        """``customize[1] Shell 'x' failed with exit code 2`` + the output tail, named once."""
-        text = self.error.message
-        return text if text.startswith(self.step) else f"{self.step}: {text}"
 
 
 class Build:
@@ -340,11 +134,10 @@ class Build:
         seconds = options.timeout_seconds or template.build_timeout_minutes * 60
         self.timeout_seconds = float(seconds)
         self.deadline = time.monotonic() + self.timeout_seconds
-        self.interrupts = _Interrupts(self.deadline, self.run.cancel_file)
+        self.interrupts = Interrupts(self.deadline, self.run.cancel_file)
         self.fetched: dict[str, Path] = {}
         self.digests: dict[str, str] = {}  # uri → sha256 of what was fetched (checkpoint keys)
-        self.chain: checkpoints.BuildChain | None = None
-        self.checkpoint_seconds = 0.0
+        self.checkpoints: Checkpointing | None = None
         self.user_deprovision = False
         self.source_image: SourceImage | None = None  # OS type + Hyper-V generation for Azure targets
         self.distribute_hints: list[str] = []  # of the failed targets, for the final message
@@ -464,36 +257,9 @@ class Build:
             log.warning("could not remove the work VHD: %s", exc)
 
     def _release_checkpoints(self) -> None:
-        """The end of this build's use of the cache: pin what the run still needs (a kept guest, a
-        ``--resume``), then release its locks and prune. The pin is written while the locks are still
-        held, so no prune in between can take the chain."""
-        chain, self.chain = self.chain, None
-        if chain is None:
-            return
-        record = self.record
-        keys = [entry.key for _, entry in sorted(chain.saved.items())]
-        try:
-            pin = pins.record_run(chain.cache.root, self.run.path, record, keys)
-        except OSError as exc:
-            log.warning("could not pin the checkpoints of run %s: %s", record.run_id, exc)
-            pin = None
-        if pin is not None:
-            log.info("checkpoints of run %s pinned (%s): prune keeps them while the run needs them",
-                     record.run_id, "kept guest" if record.kept_guest else "resumable with --resume")
-        try:
-            result = chain.close(prune_to=checkpoints.default_max_size())
-        except (OSError, LocalBuilderError) as exc:
-            log.warning("could not prune the checkpoint cache: %s", exc)
-            return
-        if result is None:
-            return
-        others = [(e, why) for e, why in result.pinned if e.key not in keys]
-        for reason in sorted({why for _, why in others}):
-            n = sum(1 for _, why in others if why == reason)
-            log.info("checkpoint cache: kept %d pinned checkpoints: %s", n, reason)
-        if result.removed:
-            log.info("checkpoint cache: removed %d old checkpoints (%.1f GiB) to stay under %s",
-                     len(result.removed), result.freed / 1024**3, checkpoints.MAX_SIZE_ENV)
+        cp, self.checkpoints = self.checkpoints, None
+        if cp is not None:
+            cp.release(self.record)
 
     def _timeout_message(self) -> str:
         return (
@@ -642,56 +408,45 @@ class Build:
         )
 
     def _policy(self, template_default: model.OnBuildError) -> FailurePolicy:
-        if self.options.ask_on_error:
-            return FailurePolicy(model.OnBuildError.cleanup, True, self.options.prompt)
-        return FailurePolicy(self.options.on_error or template_default, False, self.options.prompt)
+        opts = self.options
+        if opts.ask_on_error:
+            return FailurePolicy(model.OnBuildError.cleanup, True, opts.prompt, opts.interactive)
+        return FailurePolicy(opts.on_error or template_default, False, opts.prompt, opts.interactive)
 
     @contextlib.contextmanager
     def _booted(
-        self, image: SourceImage, purpose: str, checkpoint: checkpoints.Entry | None = None
+        self, image: SourceImage, purpose: str, checkpoint: Entry | None = None
     ) -> Iterator[BootedGuest]:
         self._sub_state(RunSubState.Building if purpose == "build" else RunSubState.Validating)
-        start = time.monotonic()
-        ok = False
         what = f"the checkpoint after {checkpoint.meta.title}" if checkpoint is not None else image.label
-        with complete_step(f"Booting {what} ({purpose} guest)"):
-            request = dataclasses.replace(self._guest_request(image, purpose), checkpoint=checkpoint)
-            cm = self.platform.boot(request)
-            try:
-                booted = cm.__enter__()
-                ok = True
-            except CommunicatorTimeout:
-                self.interrupts.check()  # a wait bounded by the build deadline: report the timeout
-                raise
-            finally:
-                name = "boot" if purpose == "build" else "validation boot"
-                self.phases.append(PhaseTiming(name, time.monotonic() - start, ok))
-                self._save()
-        try:
-            try:
-                self._after_boot(booted)
-                yield booted
-            except BaseException as exc:
-                if not cm.__exit__(type(exc), exc, exc.__traceback__):
+        with contextlib.ExitStack() as stack:
+            stack.callback(self._after_guest_gone)  # runs last: after the platform stopped the guest
+            start = time.monotonic()
+            ok = False
+            with complete_step(f"Booting {what} ({purpose} guest)"):
+                request = dataclasses.replace(self._guest_request(image, purpose), checkpoint=checkpoint)
+                try:
+                    booted = stack.enter_context(self.platform.boot(request))
+                    ok = True
+                except CommunicatorTimeout:
+                    self.interrupts.check()  # a wait bounded by the build deadline: report the timeout
                     raise
-            else:
-                cm.__exit__(None, None, None)
-        finally:
-            self._after_guest_gone()
+                finally:
+                    name = "boot" if purpose == "build" else "validation boot"
+                    self.phases.append(PhaseTiming(name, time.monotonic() - start, ok))
+                    self._save()
+            self._after_boot(booted)
+            yield booted
 
     def _after_boot(self, booted: BootedGuest) -> None:
         self.clog.event(f"guest up: ssh {booted.user}@{booted.host}:{booted.port}")
         # Recorded so that a SIGKILLed build's guest is found and stopped on the next start
         # (localbuilder.recovery); cleared by _after_guest_gone/_finish.
-        guest = booted.guest
-        pid = getattr(guest, "pid", None) if booted.backend == "qemu" else None
-        uri = getattr(self.platform, "libvirt_uri", None) if booted.backend == "libvirt" else None
+        spec = booted.guest.spec
         validating = self.record.last_run_status.run_sub_state is RunSubState.Validating
         purpose = "validation" if validating else "build"
-        active = ActiveGuest.for_process(
-            booted.backend, guest.spec.name, guest.spec.workdir, purpose,
-            pid if isinstance(pid, int) else None, uri if isinstance(uri, str) else None,
-        )  # fmt: skip
+        active = ActiveGuest.for_process(booted.backend, spec.name, spec.workdir, purpose, booted.pid,
+                                         booted.libvirt_uri)
         self.record = dataclasses.replace(self.record, guest=active)
         self._save()
 
@@ -701,12 +456,12 @@ class Build:
             self.record = dataclasses.replace(self.record, guest=None)
             self._save()
 
-    def _cloud_init_wait(self, ctx: StepContext) -> None:
-        # FACTS §3c: after a reboot cloud-init finishes its stages again before the next step.
-        if ctx.os is not OsType.linux:
-            return
-        result = ctx.run("cloud-init status --wait >/dev/null 2>&1; echo $?", timeout=CLOUD_INIT_WAIT_SECONDS)
-        ctx.note(f"guest is back (cloud-init status exit {result.stdout_tail.strip() or '?'})")
+    def _settle(self, booted: BootedGuest) -> Callable[[StepContext], None] | None:
+        """What runs after a reboot inside a step, before the next command (the guest's own hook)."""
+        settle = booted.settle
+        if settle is None:
+            return None
+        return lambda ctx: ctx.note(settle(ctx.run, SETTLE_SECONDS))
 
     def _build_image(self, image: SourceImage) -> Path:
         tpl = self.template
@@ -717,19 +472,20 @@ class Build:
             )
         vhd = self.run.path / WORK_VHD
         policy = self._policy(tpl.error_handling.on_customizer_error)
-        self.chain = self._checkpoint_chain(image)
+        self.checkpoints = self._checkpointing(image)
         with self._booted_build(image) as (booted, restore):
             self._sub_state(RunSubState.Customizing)
             first = 0
             if restore is not None:
                 first = restore.meta.depth
-                self._note_restored(restore)
+                assert self.checkpoints is not None
+                self.checkpoints.note_restored(restore, tpl.customize)
             else:
                 self._save_checkpoint(0, booted)
             self._run_steps("customize", tpl.customize, booted, policy, first=first,
                             on_success=lambda index: self._save_checkpoint(index + 1, booted))
-            if self.checkpoint_seconds:
-                self.phases.append(PhaseTiming("checkpoints", self.checkpoint_seconds))
+            if self.checkpoints is not None and self.checkpoints.seconds:
+                self.phases.append(PhaseTiming("checkpoints", self.checkpoints.seconds))
             self.interrupts.check()
             self._deprovision(booted, policy)
             self._sub_state(RunSubState.Optimizing)
@@ -755,9 +511,9 @@ class Build:
                 )
         return vhd
 
-    # -- checkpoints (localbuilder.checkpoints) ----------------------------------------------------------
+    # -- checkpoints (build.checkpointing) ---------------------------------------------------------------
 
-    def _checkpoint_chain(self, image: SourceImage) -> checkpoints.BuildChain | None:
+    def _checkpointing(self, image: SourceImage) -> Checkpointing | None:
         if not self.options.use_cache:
             self.clog.event("checkpoints: off (--no-cache)")
             return None
@@ -766,52 +522,22 @@ class Build:
         traits = self.platform.checkpoint_traits(image)
         if traits is None:
             return None
-        try:
-            st = image.path.stat()
-        except OSError:
-            return None
-        base = {
-            # The catalog stores images under their digest; size + mtime catch an in-place change.
-            "source": {"path": str(image.path.absolute()), "format": image.format, "size": st.st_size,
-                       "mtime_ns": st.st_mtime_ns},
-            "diskBytes": self._disk_size(),
-            "uefi": image.uefi,
-            "vmSize": self.template.vm_profile.vm_size,
-            "os": str(image.os),
-            **traits,
-        }  # fmt: skip
-        steps = list(self.template.customize)
-        digests = [
-            {uri: self.digests[uri] for attr in ("script_uri", "source_uri")
-             if (uri := getattr(step, attr, None)) and uri in self.digests}
-            for step in steps
-        ]  # fmt: skip
-        titles = ["booted source"] + [customizer_for(s).describe(i, "customize") for i, s in enumerate(steps)]
-        return checkpoints.BuildChain(
-            checkpoints.CheckpointCache(), checkpoints.chain_keys(base, steps, digests), titles,
-            template=self.template.name, run_id=self.run.run_id, source=image.path.absolute(),
-            source_format=image.format, layer_check=self.platform.check_layer,
-        )
+        chain = chain_for(self.template, image, traits, self.digests, disk_bytes=self._disk_size(),
+                          run_id=self.run.run_id, check_layer=self.platform.check_layer)
+        return Checkpointing(chain, self.platform, self.clog, self.run.path) if chain is not None else None
 
     @contextlib.contextmanager
-    def _booted_build(self, image: SourceImage) -> Iterator[tuple[BootedGuest, checkpoints.Entry | None]]:
+    def _booted_build(self, image: SourceImage) -> Iterator[tuple[BootedGuest, Entry | None]]:
         """The build guest: resumed from the deepest checkpoint that proves sound, else booted from the
         source. A checkpoint whose files fail their digests is discarded before it is used
         (``BuildChain.restore_point``); one whose guest, once up, does not say it is that checkpoint
         (``quiesce.confirm`` in the platform's boot) is discarded too, and the next one down is tried."""
-        chain = self.chain
+        cp = self.checkpoints
         while True:
-            restore = chain.restore_point() if chain is not None else None
-            if chain is not None and chain.verified_bytes:
-                self.clog.event(f"checkpoints verified: {chain.verified_bytes / 1e6:.0f} MB in "
-                                f"{chain.verify_seconds:.2f} s")
+            restore = cp.restore_point(self.record) if cp is not None else None
+            if cp is not None and cp.chain.verified_bytes:
                 self.phases = [p for p in self.phases if p.name != "checkpoint verification"]
-                self.phases.append(PhaseTiming("checkpoint verification", chain.verify_seconds))
-            for entry, why in chain.rejected if chain is not None else ():
-                self.clog.event(f"checkpoint {entry.key[:12]} after {entry.meta.title} discarded: {why}")
-            if chain is not None:
-                chain.rejected.clear()
-            self._pin_progress()
+                self.phases.append(PhaseTiming("checkpoint verification", cp.chain.verify_seconds))
             entered = False
             try:
                 with self._booted(image, "build", restore) as booted:
@@ -819,65 +545,14 @@ class Build:
                     yield booted, restore
                 return
             except CheckpointMismatch as exc:
-                if entered or chain is None or restore is None:
+                if entered or cp is None or restore is None:
                     raise
                 self.interrupts.check()
-                chain.reject(restore, exc.message)
-                self.clog.event(f"checkpoint {restore.key[:12]} refused: {exc.message}")
-
-    def _note_restored(self, entry: checkpoints.Entry) -> None:
-        """Record which steps did not run because the checkpoint already holds their result."""
-        kind = "live" if entry.meta.live is not None else "disk"
-        for index, step in enumerate(self.template.customize[: entry.meta.depth]):
-            title = customizer_for(step).describe(index, "customize")
-            self.clog.event(f"{title}: restored from checkpoint {entry.key[:12]} (not run again)")
-        log.info("continuing from the %s checkpoint after %s (%s, saved by run %s): %d of %d steps to run",
-                 kind, entry.meta.title, entry.key[:12], entry.meta.run_id or "?",
-                 len(self.template.customize) - entry.meta.depth, len(self.template.customize))
+                cp.refuse(restore, exc.message)
 
     def _save_checkpoint(self, depth: int, booted: BootedGuest) -> None:
-        chain = self.chain
-        if chain is None or not chain.enabled:
-            return
-        start = time.monotonic()
-        title = chain.titles[depth]
-
-        def capture(staging: Path, backing: Path, backing_format: str) -> checkpoints.LiveMeta | None:
-            return self.platform.checkpoint(booted, staging, backing=backing, backing_format=backing_format,
-                                            timeout=min(CHECKPOINT_SECONDS, self.remaining()),
-                                            mark=chain.keys[depth], room_for=self.run.path)
-
-        try:
-            with complete_step(f"Saving a checkpoint after {title}"):
-                entry = chain.save(depth, capture)
-        except (BuildTimeout, Canceled):
-            raise
-        except (LocalBuilderError, OSError) as exc:
-            # A checkpoint is an optimization: the build goes on without (later ones would lack a parent).
-            chain.enabled = False
-            message = exc.message if isinstance(exc, LocalBuilderError) else str(exc)
-            log.warning("could not save a checkpoint after %s (%s); continuing without checkpoints",
-                        title, message)
-            self.clog.event(f"checkpoint after {title} failed: {message}")
-            return
-        finally:
-            self.checkpoint_seconds += time.monotonic() - start
-        if entry is not None:
-            self.clog.event(f"checkpoint {entry.key[:12]} after {title} "
-                            f"({'live' if entry.meta.live else 'disk only'})")
-            self._pin_progress()
-
-    def _pin_progress(self) -> None:
-        """Pin this run's chain as it grows, not only when the run ends: a build that is SIGKILLed never
-        reaches its end, and recovery then marks it Failed — resumable, so its chain must stay."""
-        chain = self.chain
-        if chain is None or not chain.saved:
-            return
-        keys = [entry.key for _, entry in sorted(chain.saved.items())]
-        try:
-            pins.record_run(chain.cache.root, self.run.path, self.record, keys)
-        except OSError as exc:
-            log.debug("could not pin the checkpoints of this run yet: %s", exc)
+        if self.checkpoints is not None:
+            self.checkpoints.save(depth, booted, timeout=self.remaining(), record=self.record)
 
     def _disk_size(self) -> int | None:
         size_gb = self.template.vm_profile.os_disk_size_gb
@@ -897,7 +572,7 @@ class Build:
                 self.phases.append(PhaseTiming("deprovision", time.monotonic() - start, False))
                 self.interrupts.check()
                 self.clog.end(step, "Deprovision", time.monotonic() - start, False, exc.message)
-                self._on_failure(step, exc, booted, policy)  # returns only to retry
+                policy.decide(step, exc, booted, run_id=self.run.run_id, note=self.clog.event)  # or raises
                 continue
             break
         self.user_deprovision = outcome.user_script
@@ -919,7 +594,7 @@ class Build:
             output=self.clog.output,
             allow_any_destination=self.options.allow_any_destination,
             section=section,
-            after_reboot=self._cloud_init_wait,
+            after_reboot=self._settle(booted),
         )
 
     def _run_steps(
@@ -958,43 +633,9 @@ class Build:
                     self.clog.end(title, customizer.type_name, time.monotonic() - start, ok, detail)
                 if error is None:
                     break
-                self._on_failure(title, error, booted, policy)  # returns only to retry
+                policy.decide(title, error, booted, run_id=self.run.run_id, note=self.clog.event)  # or raises
             if on_success is not None:
                 on_success(index)
-
-    def _on_failure(
-        self, step: str, error: LocalBuilderError, booted: BootedGuest, policy: FailurePolicy
-    ) -> str:
-        """Apply --on-error / errorHandling. Returns "retry" or raises StepFailure."""
-        mode = policy.mode
-        log.error("%s failed: %s", step, error.message)
-        if policy.ask:
-            interactive = self.options.interactive
-            if interactive is None:
-                interactive = sys.stdin.isatty()
-            if not interactive and policy.prompt is None:
-                log.warning("--on-error ask needs a terminal; cleaning up instead")
-                mode = model.OnBuildError.cleanup
-            else:
-                ask = policy.prompt or input
-                answer = ""
-                while answer not in ("r", "a", "c"):
-                    answer = ask(f"{step} failed. [r]etry the step, [a]bort (keep the guest), [c]lean up? ")
-                    answer = answer.strip().lower()[:1]
-                if answer == "r":
-                    self.clog.event(f"retrying {step} (user choice)")
-                    return "retry"
-                mode = model.OnBuildError.abort if answer == "a" else model.OnBuildError.cleanup
-        kept = None
-        if mode is model.OnBuildError.abort and booted.guest.is_running():
-            kept = booted.keep()
-            self.clog.event(f"guest kept running for inspection: {kept.ssh_command()}")
-            log.warning(
-                "the guest is still running for inspection:\n    %s\n  stop it with: localbuilder cancel %s",
-                kept.ssh_command(),
-                self.run.run_id,
-            )
-        raise StepFailure(step, error, kept)
 
     # -- Validating -------------------------------------------------------------------------------------
 

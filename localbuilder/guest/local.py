@@ -1,4 +1,5 @@
-"""The real ``build.Platform``: the image catalog, guest sessions, deprovision, qemu-img, inspection.
+"""``LocalPlatform``, the real ``guest.Platform``: the image catalog, guest sessions on this host's
+QEMU or libvirt, checkpoints, deprovision, qemu-img conversion, offline inspection.
 
 The orchestrator (``localbuilder.build``) talks only to the ``Platform`` protocol so its unit tests run
 on fakes; this module wires the protocol to the modules that do the work.
@@ -16,10 +17,33 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from localbuilder.build import BootedGuest, DeprovisionOutcome, GuestRequest, Inspection, SourceImage
-from localbuilder.checkpoints import KEY, SEED, STATE, CheckpointCache, Entry, LiveMeta, check_layer
+from localbuilder.catalog import Catalog, Generation
+from localbuilder.checkpoints import (
+    KEY,
+    SEED,
+    STATE,
+    CheckpointCache,
+    Entry,
+    LiveMeta,
+    LiveState,
+    check_layer,
+)
+from localbuilder.communicator.ssh import SSHCommunicator
+from localbuilder.communicator.winrm import WinRMCommunicator
+from localbuilder.deprovision import deprovision_linux
+from localbuilder.disk import copy_layer, to_fixed_vhd
 from localbuilder.errors import BackendError, CheckpointError, CommandError, LocalBuilderError
-from localbuilder.hypervisor.timed import TimedGuest
+from localbuilder.guest import BootedGuest, DeprovisionOutcome, GuestRequest, Inspection, SourceImage
+from localbuilder.guest import windows as windows_guest
+from localbuilder.guest.lifetime import ABORT_SHUTDOWN_TIMEOUT
+from localbuilder.guest.linux import LinuxGuest, linux_guest, settle_after_reboot
+from localbuilder.guest.timed import TimedGuest
+from localbuilder.hypervisor import Checkpointable, Firmware, HasPid, NetworkMode
+from localbuilder.hypervisor.backends import get_backend
+from localbuilder.hypervisor.probe import resolve_accel
+from localbuilder.hypervisor.sizes import guest_shape
+from localbuilder.hypervisor.spec import Accel
+from localbuilder.inspect import inspect_image
 from localbuilder.log import complete_step
 from localbuilder.quiesce import confirm, quiesced
 from localbuilder.room import measured_data
@@ -27,7 +51,7 @@ from localbuilder.run import run
 from localbuilder.state import KeptGuest
 from localbuilder.template.model import OsType
 
-log = logging.getLogger("localbuilder.platform")
+log = logging.getLogger("localbuilder.guest.local")
 
 # Freezing takes a sync + FIFREEZE per filesystem: ~0.1-1 s here; a guest that needs longer is in trouble.
 QUIESCE_SECONDS = 120.0
@@ -131,12 +155,10 @@ class LocalPlatform:
         self.accel_request = accel
         self.network = network
         self.progress = progress
-        self._accel: Any = None
+        self._accel: Accel | None = None
         self._qemu_version: str | None = None
 
     def resolve(self, source: Any) -> SourceImage:
-        from localbuilder.catalog import Catalog, Generation
-
         entry = Catalog().resolve(source)
         return SourceImage(
             path=entry.path,
@@ -146,10 +168,8 @@ class LocalPlatform:
             uefi=entry.generation is Generation.V2,
         )
 
-    def _accel_value(self) -> Any:
+    def _accel_value(self) -> Accel:
         if self._accel is None:
-            from localbuilder.hypervisor.probe import resolve_accel
-
             self._accel = resolve_accel(self.accel_request)
         return self._accel
 
@@ -165,8 +185,6 @@ class LocalPlatform:
 
     def qemu_version(self) -> str:
         if self._qemu_version is None:
-            from localbuilder.run import run
-
             out = run(["qemu-system-x86_64", "--version"]).stdout
             self._qemu_version = out.splitlines()[0].strip() if out else "unknown"
         return self._qemu_version
@@ -185,15 +203,10 @@ class LocalPlatform:
         mark: str,
         room_for: Path,
     ) -> LiveMeta | None:
-        from localbuilder.communicator.ssh import SSHCommunicator
-        from localbuilder.disk import copy_layer
-        from localbuilder.hypervisor import Firmware
-
         guest = booted.guest
-        capture = getattr(guest, "checkpoint", None)
-        frozen = getattr(guest, "top_image", None)
-        if capture is None or not isinstance(frozen, Path):
+        if not isinstance(guest, Checkpointable):
             raise BackendError(f"the {self.backend} backend cannot take checkpoints")
+        frozen = guest.top_image
         if not isinstance(booted.comm, SSHCommunicator):
             raise CheckpointError("checkpoints need an SSH guest (its filesystems are frozen for the cut)")
         # Live only where a resume can rebuild the same machine: BIOS guests with a seed (UEFI would also
@@ -206,15 +219,14 @@ class LocalPlatform:
             # The layer must hold the step's writes on its own (a disk-only resume has nothing else):
             # the guest flushes and freezes its filesystems around the cut (localbuilder.quiesce).
             with quiesced(booted.comm, mark, timeout=min(QUIESCE_SECONDS, timeout)):
-                capture(new_top, staging / STATE if live else None, timeout=timeout)
+                guest.checkpoint(new_top, staging / STATE if live else None, timeout=timeout)
         except (BackendError, OSError) as exc:
             mapped = _space_error(exc, staging)
             if mapped is exc:
                 raise
             raise mapped from exc
         finally:
-            top = getattr(guest, "top_image", frozen)
-            booted.overlay = top if isinstance(top, Path) else frozen  # where the guest writes now
+            booted.overlay = guest.top_image  # where the guest writes now
         try:
             copy_layer(frozen, staging / "disk.qcow2", backing, backing_format)
         except (LocalBuilderError, OSError) as exc:
@@ -234,7 +246,7 @@ class LocalPlatform:
                         memory_mib=spec.memory_mib, accel=str(spec.accel.value),
                         qemu_version=self.qemu_version())
 
-    def _live_state(self, entry: Entry, cpus: int, memory_mib: int) -> Any:
+    def _live_state(self, entry: Entry, cpus: int, memory_mib: int) -> LiveState | None:
         live = entry.meta.live
         state = entry.live_state()
         if live is None or state is None:
@@ -251,8 +263,6 @@ class LocalPlatform:
 
     @contextlib.contextmanager
     def boot(self, request: GuestRequest) -> Iterator[BootedGuest]:
-        from localbuilder.hypervisor.sizes import guest_shape
-
         entry = request.checkpoint
         if entry is not None:
             shape = guest_shape(request.vm_size or None)
@@ -277,21 +287,14 @@ class LocalPlatform:
             yield booted
 
     @contextlib.contextmanager
-    def _boot_guest(self, request: GuestRequest, *, resume: Any) -> Iterator[BootedGuest]:
-        from localbuilder.hypervisor import Firmware, NetworkMode
-        from localbuilder.hypervisor.sizes import guest_shape
-        from localbuilder.session import linux_guest
-
+    def _boot_guest(self, request: GuestRequest, *, resume: LiveState | None) -> Iterator[BootedGuest]:
         shape = guest_shape(request.vm_size or None)
         network = NetworkMode.user if self.network else NetworkMode.restricted
         if request.image.os is not OsType.linux:
             # Windows: first-boot ISO (unattend + WinRM over HTTPS with a pinned certificate) and WinRM.
             # Proven against the WS-Management test server only; see docs/windows.md.
-            from localbuilder.hypervisor import get_backend
-            from localbuilder.windows.session import boot_for_build
-
             options = {"uri": self.libvirt_uri} if self.backend == "libvirt" else {}
-            with boot_for_build(
+            with windows_guest.boot_for_build(
                 request,
                 hypervisor=get_backend(self.backend, **options),
                 accel=self._accel_value(),
@@ -327,8 +330,9 @@ class LocalPlatform:
             progress=self.progress,
             resume=resume,
         ) as session:
+            guest = session.guest
             booted = BootedGuest(
-                guest=session.guest,
+                guest=guest,
                 comm=session.communicator,
                 host=session.host,
                 port=session.port,
@@ -338,9 +342,12 @@ class LocalPlatform:
                 overlay_format="qcow2",
                 serial_log=session.serial_log,
                 backend=self.backend,
-                _keep=lambda: self._kept(session),
                 host_keys=tuple(session.host_keys),
                 seed_iso=session.guest.spec.seed_iso,
+                pid=guest.pid if isinstance(guest, HasPid) else None,
+                libvirt_uri=self.libvirt_uri if self.backend == "libvirt" else None,
+                settle=settle_after_reboot,
+                _keep=lambda: self._kept(session),
             )
             try:
                 yield booted
@@ -349,9 +356,7 @@ class LocalPlatform:
                     self._stop(session)
                 raise
 
-    def _stop(self, session: Any) -> None:
-        from localbuilder.session import ABORT_SHUTDOWN_TIMEOUT
-
+    def _stop(self, session: LinuxGuest) -> None:
         # A failed/canceled build discards the guest: a short ACPI chance, then kill (as the session does).
         guest = session.guest
         session.communicator.close()
@@ -362,7 +367,7 @@ class LocalPlatform:
         finally:
             guest.destroy()
 
-    def _kept(self, session: Any) -> KeptGuest:
+    def _kept(self, session: LinuxGuest) -> KeptGuest:
         guest = session.guest
         return KeptGuest(
             ssh_host=session.host,
@@ -370,19 +375,13 @@ class LocalPlatform:
             user=session.user,
             key_file=str(session.key_file),
             backend=self.backend,
-            pid=getattr(guest, "pid", None) if self.backend == "qemu" else None,
+            pid=guest.pid if isinstance(guest, HasPid) else None,
             domain=guest.spec.name if self.backend == "libvirt" else None,
         )
 
     def deprovision(self, booted: BootedGuest, *, timeout: float) -> DeprovisionOutcome:
-        from localbuilder.communicator.winrm import WinRMCommunicator
-        from localbuilder.deprovision import deprovision_linux
-
         if isinstance(booted.comm, WinRMCommunicator):
-            from localbuilder.windows.session import deprovision_for_build
-
-            return deprovision_for_build(booted, timeout=timeout)
-
+            return windows_guest.deprovision_for_build(booted, timeout=timeout)
         timed = TimedGuest(booted.guest)
         result = deprovision_linux(booted.comm, timed, booted.user, timeout=timeout)
         return DeprovisionOutcome(
@@ -392,14 +391,10 @@ class LocalPlatform:
         )
 
     def convert(self, src: Path, src_format: str, dst: Path, *, size_bytes: int | None) -> int:
-        from localbuilder.disk import to_fixed_vhd
-
         result = to_fixed_vhd(src, src_format, dst, size_bytes=size_bytes, progress=self.progress)
         return result.virtual_size
 
     def inspect(self, vhd: Path, build_user: str) -> Inspection:
-        from localbuilder.inspect import inspect_image
-
         report = inspect_image(vhd, build_user=build_user)
         problems: list[str] = []
         if not report.inspected:
