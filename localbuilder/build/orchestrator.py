@@ -24,9 +24,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
-import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -37,6 +34,8 @@ from localbuilder.bootwatch import DEFAULT_BOOT_TIMEOUT
 from localbuilder.build.checkpointing import Checkpointing, chain_for
 from localbuilder.build.failures import FailurePolicy, StepFailure
 from localbuilder.build.interrupts import Interrupts
+from localbuilder.build.prepare import fetch_inputs, preflight
+from localbuilder.build.rundir import guest_workdir, reopen
 from localbuilder.checkpoints import Entry
 from localbuilder.customizers import Customizer, StepContext, customizer_for
 from localbuilder.distributors import AzureOptions, DistributeContext, distributor_for
@@ -50,9 +49,7 @@ from localbuilder.errors import (
     DeprovisionError,
     InspectionError,
     LocalBuilderError,
-    UsageError,
 )
-from localbuilder.fetch import FetchRequest, fetch_all, redact
 from localbuilder.guest import BootedGuest, GuestRequest, Platform, SourceImage
 from localbuilder.log import add_file_handler, complete_step, format_duration, remove_handler
 from localbuilder.recovery import release_short_workdirs
@@ -60,7 +57,6 @@ from localbuilder.runlog import CustomizationLog, phase_table
 from localbuilder.state import (
     ActiveGuest,
     PhaseTiming,
-    ProcessInfo,
     RunDir,
     RunOutput,
     RunRecord,
@@ -78,8 +74,6 @@ log = logging.getLogger("localbuilder.build")
 SSH_WAIT_SECONDS = DEFAULT_BOOT_TIMEOUT  # --boot-timeout overrides it (BuildOptions.boot_timeout)
 DEPROVISION_SECONDS = 10 * 60
 SETTLE_SECONDS = 10 * 60  # after a reboot inside a step: cloud-init finishes again
-# 108-byte sun_path minus "/lb-XXXXXXXXXX/qmp.sock" (23) and some slack for the backend's own names.
-MAX_WORKDIR_BYTES = 75
 CANCELED_MESSAGE = "the build was canceled; nothing was left running"
 INVOCATION_FILE = "invocation.json"
 WORK_VHD = "image.vhd"  # the converted VHD in the run directory, before the distributors place it
@@ -119,7 +113,7 @@ class Build:
         self.options = options
         self.resumed: RunRecord | None = None
         if options.resume_run is not None:
-            self.run, self.resumed = self._reopen(options.resume_run)
+            self.run, self.resumed = reopen(options.resume_run)
         else:
             self.run = RunDir.create(template.name, template_file, root=options.runs_root)
         if options.invocation is not None:
@@ -143,36 +137,6 @@ class Build:
         self.distribute_hints: list[str] = []  # of the failed targets, for the final message
 
     # -- state ------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _reopen(path: Path) -> tuple[RunDir, RunRecord]:
-        """``--resume``: the same run directory, state back to Running; the steps that succeeded last
-        time come back from their checkpoints."""
-        run = RunDir(path.absolute())
-        previous = run.read()
-        if not previous.run_state.finished:
-            raise UsageError(
-                f"run {previous.run_id} is still {previous.run_state}",
-                hint=f"Wait for it, or stop it with 'localbuilder cancel {previous.run_id}'.",
-            )
-        if previous.run_state is RunState.Succeeded:
-            raise UsageError(f"run {previous.run_id} succeeded: there is nothing to resume",
-                             hint="Build the template again instead.")
-        kept = previous.kept_guest
-        pid = kept.pid if kept is not None else None
-        if pid is not None and ProcessInfo(pid, socket.gethostname()).is_alive():
-            raise UsageError(
-                f"run {previous.run_id} still has its failed guest running (--on-error abort)",
-                hint=f"Stop it first: localbuilder cancel {previous.run_id}",
-            )
-        run.cancel_file.unlink(missing_ok=True)
-        # The run keeps its start time (show-runs, AIB's lastRunStatus.startTime); each resume is recorded.
-        record = dataclasses.replace(
-            previous, process=ProcessInfo.current(), failed_step=None, kept_guest=None, run_outputs=(),
-            phases=(), resume_times=(*previous.resume_times, now_iso()),
-        ).with_status(run_state=RunState.Running, run_sub_state=RunSubState.Queued, message="", end_time=None)
-        run.write(record)
-        return run, previous
 
     def _save(self) -> None:
         self.record = dataclasses.replace(self.record, phases=tuple(self.phases))
@@ -292,8 +256,11 @@ class Build:
         validate = tpl.validate
         with complete_step("Preparing (fetching inputs, resolving the source image)"):
             with self._phase("prepare"):
-                self._preflight()
-                self.fetched = self._fetch()
+                preflight(self.template, self.os, self._distribute_context(Path("/nonexistent")),
+                          allow_any_destination=self.options.allow_any_destination)
+                inputs = fetch_inputs(self.template, self.template_file.parent, note=self.clog.event)
+                self.fetched = {uri: f.path for uri, f in inputs.items()}
+                self.digests = {uri: f.sha256 for uri, f in inputs.items()}
                 image = self.platform.resolve(tpl.source)
                 self.source_image = image
         self.interrupts.check()
@@ -324,83 +291,13 @@ class Build:
 
     # -- Queued -----------------------------------------------------------------------------------------
 
-    def _preflight(self) -> None:
-        problems: list[str] = []
-        steps: list[tuple[str, Any]] = [
-            (f"properties.customize[{i}]", s) for i, s in enumerate(self.template.customize)
-        ]
-        if self.template.validate is not None:
-            steps += [
-                (f"properties.validate.inVMValidations[{i}]", s)
-                for i, s in enumerate(self.template.validate.in_vm_validations)
-            ]
-        for where, step in steps:
-            try:
-                factory = validators.validator_for if ".validate." in where else customizer_for
-                factory(step).preflight(
-                    self.os, allow_any_destination=self.options.allow_any_destination, where=where
-                )
-            except LocalBuilderError as exc:
-                problems.append(exc.message + (f"\n    hint: {exc.hint}" if exc.hint else ""))
-        ctx = self._distribute_context(Path("/nonexistent"))
-        for i, target in enumerate(self.template.distribute):
-            try:
-                distributor_for(target).preflight(ctx, f"properties.distribute[{i}]")
-            except LocalBuilderError as exc:
-                problems.append(exc.message + (f"\n    hint: {exc.hint}" if exc.hint else ""))
-        if problems:
-            raise CustomizerError("the template cannot be built:\n" + "\n".join(problems))
-
-    def _fetch(self) -> dict[str, Path]:
-        requests: list[FetchRequest] = []
-        for section, steps in self._sections():
-            for i, step in enumerate(steps):
-                for attr, field in (("script_uri", "scriptUri"), ("source_uri", "sourceUri")):
-                    uri = getattr(step, attr, None)
-                    if uri:
-                        sha = getattr(step, "sha256_checksum", "") or None
-                        requests.append(FetchRequest(uri, sha, f"properties.{section}[{i}].{field}"))
-        if not requests:
-            return {}
-        fetched = fetch_all(requests, base_dir=self.template_file.parent)
-        for f in fetched.values():
-            cached = ", cached" if f.cached else ""
-            self.clog.event(f"fetched {redact(f.uri)} sha256={f.sha256} ({f.size} bytes{cached})")
-        self.digests = {uri: f.sha256 for uri, f in fetched.items()}
-        return {uri: f.path for uri, f in fetched.items()}
-
-    def _sections(self) -> list[tuple[str, Sequence[Any]]]:
-        out: list[tuple[str, Sequence[Any]]] = [("customize", self.template.customize)]
-        if self.template.validate is not None:
-            out.append(("validate.inVMValidations", self.template.validate.in_vm_validations))
-        return out
-
     # -- Building / Customizing / deprovision / Optimizing ----------------------------------------------
-
-    def _guest_workdir(self, purpose: str) -> Path:
-        """``<run>/vm-<purpose>``, unless that is too long for the guest's unix sockets.
-
-        The session nests ``<workdir>/lb-XXXXXXXXXX/qmp.sock`` and a unix socket path is limited to
-        108 bytes (sun_path); a deep LOCALBUILDER_HOME or a long template name exceeds that. Then the
-        guest lives in a short private directory under /var/tmp, linked from the run directory.
-        """
-        preferred = self.run.path / f"vm-{purpose}"
-        if len(os.fsencode(preferred)) <= MAX_WORKDIR_BYTES:
-            return preferred
-        n = 1
-        while preferred.exists() or preferred.is_symlink():  # a resumed run keeps the last attempt's logs
-            n += 1
-            preferred = self.run.path / f"vm-{purpose}-{n}"
-        short = Path(tempfile.mkdtemp(prefix="lb-", dir="/var/tmp"))
-        preferred.symlink_to(short, target_is_directory=True)
-        log.debug("guest work directory %s (linked from %s: too long for sockets)", short, preferred)
-        return short
 
     def _guest_request(self, image: SourceImage, purpose: str) -> GuestRequest:
         size_gb = self.template.vm_profile.os_disk_size_gb
         return GuestRequest(
             image=image,
-            workdir=self._guest_workdir(purpose),
+            workdir=guest_workdir(self.run.path, purpose),
             disk_size_bytes=size_gb * 1024**3 if size_gb else None,
             vm_size=self.template.vm_profile.vm_size,
             purpose=purpose,

@@ -261,7 +261,7 @@ def test_resume_keeps_the_start_time(tmp_path: Path, monkeypatch: pytest.MonkeyP
     first = run_build(tpl, platform, tmp_path)
     assert first.run_state is RunState.Failed and first.resume_times == ()
     run_path = tmp_path / "home" / "runs" / "hello" / first.run_id
-    monkeypatch.setattr("localbuilder.build.orchestrator.now_iso", lambda: "2099-01-01T00:00:00Z")
+    monkeypatch.setattr("localbuilder.build.rundir.now_iso", lambda: "2099-01-01T00:00:00Z")
     again = run_build(tpl, FakePlatform(tmp_path), tmp_path, resume_run=run_path)
     assert again.run_state is RunState.Succeeded
     assert again.last_run_status.start_time == first.last_run_status.start_time
