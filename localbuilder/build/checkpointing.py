@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from localbuilder import pins
+from localbuilder.build.chain import BuildChain
 from localbuilder.checkpoints import (
     MAX_SIZE_ENV,
-    BuildChain,
     CheckpointCache,
     Entry,
     LiveMeta,

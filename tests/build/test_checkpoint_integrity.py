@@ -12,14 +12,8 @@ from pathlib import Path
 import pytest
 
 from localbuilder import quiesce
-from localbuilder.checkpoints import (
-    DISK,
-    BuildChain,
-    CheckpointCache,
-    EntryMeta,
-    FileDigest,
-    chain_keys,
-)
+from localbuilder.build.chain import BuildChain
+from localbuilder.checkpoints import DISK, CheckpointCache, EntryMeta, FileDigest, chain_keys
 from localbuilder.communicator.fake import FakeCommunicator, FakeReply
 from localbuilder.errors import CheckpointError, CheckpointMismatch
 from localbuilder.state import RunState

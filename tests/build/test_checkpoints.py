@@ -14,7 +14,8 @@ import pytest
 
 from localbuilder import checkpoints
 from localbuilder.build import INVOCATION_FILE, Build, BuildOptions
-from localbuilder.checkpoints import BuildChain, CheckpointCache, EntryMeta, Holder, chain_keys
+from localbuilder.build.chain import BuildChain
+from localbuilder.checkpoints import CheckpointCache, EntryMeta, Holder, chain_keys
 from localbuilder.communicator.fake import FakeCommunicator, FakeReply
 from localbuilder.errors import UsageError
 from localbuilder.state import RunDir, RunRecord, RunState
