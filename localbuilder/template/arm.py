@@ -17,6 +17,8 @@ Function and parameter names are case-insensitive, as in ARM.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import datetime as dt
 import json
@@ -1121,17 +1123,12 @@ def _skip(scope: Scope, args: list[Any]) -> Any:
 
 @_fn("base64")
 def _base64(scope: Scope, args: list[Any]) -> Any:
-    import base64
-
     _need("base64", args, 1)
     return base64.b64encode(_str_arg("base64", args[0]).encode()).decode()
 
 
 @_fn("base64ToString")
 def _base64_to_string(scope: Scope, args: list[Any]) -> Any:
-    import base64
-    import binascii
-
     _need("base64ToString", args, 1)
     try:
         return base64.b64decode(_str_arg("base64ToString", args[0]), validate=True).decode()

@@ -19,6 +19,7 @@ the user has something to change, a hint. Severities: ``error`` = localbuilder c
 
 from __future__ import annotations
 
+import difflib
 import math
 import posixpath
 import re
@@ -487,8 +488,6 @@ def _article(kind: v.Kind) -> str:
 
 
 def _did_you_mean(word: str, candidates: Sequence[str]) -> str | None:
-    import difflib
-
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.75)
     if close:
         return f"did you mean '{close[0]}'?"
