@@ -20,7 +20,6 @@ the user has something to change, a hint. Severities: ``error`` = localbuilder c
 from __future__ import annotations
 
 import difflib
-import math
 import posixpath
 import re
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,7 @@ from typing import Any
 
 from localbuilder.template import model as m
 from localbuilder.template import versions as v
+from localbuilder.template.durations import parse_duration
 from localbuilder.template.findings import PathPart, Severity, ValidationResult
 
 Path = tuple[PathPart, ...]
@@ -35,10 +35,6 @@ Path = tuple[PathPart, ...]
 # ``^[A-Za-z0-9-_.]{1,64}$`` is the swagger pattern of runOutputName (and of template names).
 RUN_OUTPUT_NAME = re.compile(r"[A-Za-z0-9\-_.]{1,64}")
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-# restartTimeout is a Go duration (the Packer windows-restart provisioner parses it with time.ParseDuration):
-# one or more <number><unit>, e.g. 5m, 2h, 300s, 1h30m, 1.5h.
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 # A template placeholder such as ``<region>`` or ``<scriptUrl`` (the corpus has one without its ``>``):
 # the loader reports them; rules that check a format skip them so one mistake is reported once.
 PLACEHOLDER = re.compile(r"<[A-Za-z][^<>\s]*>?")
@@ -75,22 +71,6 @@ _WHAT = {
 
 def is_placeholder(value: str) -> bool:
     return PLACEHOLDER.search(value) is not None
-
-
-def parse_duration(text: str) -> int | None:
-    """Seconds of a Go duration (``5m``, ``2h``, ``1h30m``), rounded up; None when malformed."""
-    text = text.strip()
-    if not text:
-        return None
-    pos = 0
-    total = 0.0
-    while pos < len(text):
-        match = _DURATION_PART.match(text, pos)
-        if match is None:
-            return None
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    return math.ceil(total)
 
 
 def _type_name(value: object) -> str:
@@ -800,8 +780,9 @@ class _Builder:
             )
         if kind == "WindowsRestart":
             timeout = raw.get("restartTimeout") or m.DEFAULT_RESTART_TIMEOUT
-            seconds = parse_duration(timeout)
-            if seconds is None:
+            try:
+                seconds = parse_duration(timeout)
+            except ValueError:
                 self.add(
                     path + ("restartTimeout",),
                     f"must be a duration like '5m', '2h' or '300s', not {_short(timeout)}",
