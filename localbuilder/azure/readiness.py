@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol, cast
 
 from localbuilder.errors import CommandError, InspectionError
+from localbuilder.inspect import Ext4Reader, ReadAt, detect_filesystem, parse_partitions
 from localbuilder.run import run
 
 HYPERV_MODULES = ("hv_vmbus", "hv_storvsc", "hv_netvsc")
@@ -187,8 +188,6 @@ def open_root(image: Path) -> Reader | None:
     place at the partition's offset: no conversion, no copy. The root is the first ext partition that
     holds ``/etc/passwd`` (a separate ``/boot`` is ext too, but has no ``/etc``).
     """
-    from localbuilder.inspect import Ext4Reader, ReadAt, detect_filesystem, parse_partitions
-
     size = image.stat().st_size
     with open(image, "rb") as fh:
         fh.seek(max(0, size - 512))
