@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from tqdm import tqdm
+
 from localbuilder import paths
 from localbuilder.azure.extents import (
     MAX_PUT,
@@ -292,8 +294,6 @@ def _verify(client: Any, path: Path, size: int, verify: Verify, expected: str) -
 
 
 def _bar(total: int, enabled: bool, name: str) -> Any:
-    from tqdm import tqdm
-
     return tqdm(
         total=total,
         unit="B",
