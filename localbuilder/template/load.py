@@ -26,13 +26,8 @@ from typing import Any, Literal
 
 from localbuilder.errors import TemplateError
 from localbuilder.template import jsonc
-from localbuilder.template.arm import (
-    DeploymentContext,
-    ExpressionError,
-    Scope,
-    is_expression,
-    parse_expression,
-)
+from localbuilder.template.arm import DeploymentContext, Scope
+from localbuilder.template.arm_syntax import ExpressionError, is_expression, parse_expression
 from localbuilder.template.findings import PathPart, Severity, ValidationResult, format_path
 
 IMAGE_TEMPLATE_TYPE = "Microsoft.VirtualMachineImages/imageTemplates"
