@@ -55,10 +55,11 @@ from localbuilder.errors import (
     LocalBuilderError,
     UsageError,
 )
-from localbuilder.fetch import FetchRequest, fetch_all, redact
+from localbuilder.fetch import FetchRequest, fetch_all
 from localbuilder.hypervisor import Guest
 from localbuilder.log import add_file_handler, complete_step, format_duration, remove_handler
 from localbuilder.recovery import release_short_workdirs
+from localbuilder.redact import hide_query as redact
 from localbuilder.runlog import CustomizationLog, phase_table
 from localbuilder.state import (
     ActiveGuest,

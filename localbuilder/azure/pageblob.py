@@ -34,8 +34,9 @@ from localbuilder.azure.extents import (
     nonzero_runs,
     upload_plan,
 )
-from localbuilder.azure.target import BlobTarget, redact
+from localbuilder.azure.target import BlobTarget
 from localbuilder.errors import DistributeError
+from localbuilder.redact import redact
 
 log = logging.getLogger("localbuilder.azure.pageblob")
 

@@ -19,6 +19,7 @@ from localbuilder.bootwatch import DEFAULT_BOOT_TIMEOUT
 from localbuilder.distributors import AzureOptions
 from localbuilder.errors import LocalBuilderError, TemplateError, UsageError
 from localbuilder.invocation import Invocation
+from localbuilder.redact import redact, strip_query
 from localbuilder.template.model import OnBuildError
 
 if TYPE_CHECKING:
@@ -159,8 +160,6 @@ def _azure_options(args: argparse.Namespace) -> AzureOptions:
 def _azure(
     staging: str | None, account: str | None, dry_run: bool, *, json_output: bool, quiet: bool
 ) -> AzureOptions:
-    from localbuilder.azure.target import redact, strip_query
-
     if staging:
         parts = urllib.parse.urlsplit(staging)
         if parts.scheme not in ("http", "https") or not parts.path.strip("/"):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from localbuilder.customizers import Customizer, StepContext, StepFailed
 from localbuilder.errors import CommunicatorError, CustomizerError
-from localbuilder.fetch import redact
+from localbuilder.redact import hide_query as redact
 from localbuilder.template.model import OsType
 from localbuilder.windows.files import upload_file
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from localbuilder.azure.pageblob import upload_vhd
 from localbuilder.azure.readiness import check_readiness, open_root
-from localbuilder.azure.target import BlobTarget, redact, resolve_target, strip_query
+from localbuilder.azure.target import BlobTarget, resolve_target
 from localbuilder.distributors import DistributeContext
 from localbuilder.errors import DistributeError, LocalBuilderError
+from localbuilder.redact import redact, strip_query
 
 log = logging.getLogger("localbuilder.distributors.azure")
 
