@@ -15,6 +15,9 @@ while ``SSHCommunicator.wait_ready`` polls, ``BootWatch.check()`` (its ``watch``
 * shows signs of life: the last meaningful console line (for the progress bar) and, without a
   terminal, a log line every ``HEARTBEAT`` seconds.
 
+When the guest answers with an unexpected host key, the communicator asks ``explain_host_key()``: a console
+showing that cloud-init ignored the seed (``seed_ignored``) says why, which the communicator cannot know.
+
 A recognized failure raises ``BootFailure`` (a BackendError) with the matching console lines (at most
 ``QUOTE_LINES``, secrets hidden by ``redact.redact_line``), the serial log's path and a hint; the session's
 teardown then stops the guest. Everything here is pure or reads files: the clock is injectable for tests.
@@ -31,7 +34,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from localbuilder.errors import BootFailure
+from localbuilder.errors import BootFailure, HostKeyMismatch
 from localbuilder.redact import redact_line
 
 log = logging.getLogger("localbuilder.bootwatch")
@@ -406,6 +409,22 @@ class BootWatch:
             waited = f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
             self.notify(f"still waiting for SSH on {self.target} — {waited}, console: "
                         f"{redact_line(self.last_line) or '(nothing yet)'}")
+
+    def explain_host_key(self, what: str) -> HostKeyMismatch | None:
+        """The communicator's question when the guest presents an unexpected host key (``what`` describes
+        it): a console showing that cloud-init ignored the seed explains it, the guest generated its own
+        keys; None otherwise (the communicator then says it is not this build's guest)."""
+        ignored = seed_ignored_in(self.serial_log)
+        if not ignored:
+            return None
+        shown = "\n".join(f"  | {line}" for line in ignored[-5:])
+        return HostKeyMismatch(
+            f"the guest ignored the build's NoCloud seed and generated its own host keys ({what}); its "
+            f"console ({self.serial_log}) shows cloud-init did not use the seed:\n{shown}",
+            hint="Let the image's cloud-init read NoCloud: datasource_list in /etc/cloud/cloud.cfg or "
+            "/etc/cloud/cloud.cfg.d/*.cfg must include NoCloud (Azure's own images list only Azure), "
+            "and cloud-init must not be disabled. Nothing was sent to the guest.",
+        )
 
     # -- console --------------------------------------------------------------------------------------
 

@@ -34,7 +34,6 @@ from typing import Protocol
 
 import paramiko
 
-from localbuilder.bootwatch import seed_ignored_in
 from localbuilder.communicator import CommandResult, Held, OutputCallback
 from localbuilder.communicator.output import StreamTail, tails
 from localbuilder.errors import CommunicatorError, CommunicatorTimeout, Disconnected, HostKeyMismatch
@@ -48,11 +47,18 @@ WaitProgress = Callable[[float, str], None]
 
 class WaitWatch(Protocol):
     """Watches the guest while wait_ready() polls (``localbuilder.bootwatch.BootWatch``): ``begin()`` when
-    a wait starts, ``check()`` on every attempt; ``check`` raises when the guest will never answer."""
+    a wait starts, ``check()`` on every attempt; ``check`` raises when the guest will never answer.
+
+    The watch knows the guest's console, the communicator does not: ``explain_host_key`` lets it say why
+    the guest presented an unexpected host key (``what`` describes the mismatch), or return None to keep
+    the communicator's own message."""
 
     def begin(self) -> None: ...
 
     def check(self, elapsed: float, status: str) -> None: ...
+
+    def explain_host_key(self, what: str) -> HostKeyMismatch | None: ...
+
 
 # paramiko's transport thread logs a dropped connection (every reboot) at ERROR. Its records go to this
 # logger instead of "paramiko.transport" and are demoted to DEBUG: they belong in build.log, not on the
@@ -333,17 +339,11 @@ class SSHCommunicator:
         return transport
 
     def _mismatch(self, what: str) -> HostKeyMismatch:
-        """The error for an unexpected host key: what the console shows about why, if it says."""
-        ignored = seed_ignored_in(self.serial_log) if self.serial_log is not None else []
-        if ignored:
-            shown = "\n".join(f"  | {line}" for line in ignored[-5:])
-            return HostKeyMismatch(
-                f"the guest ignored the build's NoCloud seed and generated its own host keys ({what}); its "
-                f"console ({self.serial_log}) shows cloud-init did not use the seed:\n{shown}",
-                hint="Let the image's cloud-init read NoCloud: datasource_list in /etc/cloud/cloud.cfg or "
-                "/etc/cloud/cloud.cfg.d/*.cfg must include NoCloud (Azure's own images list only Azure), "
-                "and cloud-init must not be disabled. Nothing was sent to the guest.",
-            )
+        """The error for an unexpected host key: the watch's explanation if it has one (the console may
+        show why), else "not this build's guest"."""
+        explained = self.watch.explain_host_key(what) if self.watch is not None else None
+        if explained is not None:
+            return explained
         return HostKeyMismatch(
             "this is not the guest this build started (another VM or service on the forwarded port?): "
             f"{what}",

@@ -349,8 +349,9 @@ def test_last_line_skips_noise(rig: Rig) -> None:
 
 
 def _mismatch(serial: Path | None) -> HostKeyMismatch:
+    """The communicator's error for an unexpected host key, with the session's boot watch on ``serial``."""
     comm = object.__new__(SSHCommunicator)
-    comm.serial_log = serial
+    comm.watch = BootWatch(serial, FakeGuest(), name="lb-test", target="127.0.0.1:2222") if serial else None
     return comm._mismatch("the SSH server at 127.0.0.1:2222 presented host key ssh-ed25519 SHA256:x")
 
 
