@@ -12,6 +12,7 @@ import enum
 from collections.abc import Iterable, Iterator, Sequence
 
 PathPart = str | int
+JsonPath = tuple[PathPart, ...]  # ("properties", "customize", 2, "inline")
 
 
 class Severity(enum.StrEnum):
@@ -30,6 +31,11 @@ def format_path(path: Sequence[PathPart]) -> str:
         else:
             out += ("." if out else "") + part
     return out or "(top level)"
+
+
+def shorten(text: str, limit: int = 160) -> str:
+    """``text`` cut to ``limit`` characters (the last one an ellipsis), to quote a value in a message."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclasses.dataclass(frozen=True)
