@@ -15,7 +15,7 @@ import pytest
 
 from localbuilder.template import model as m
 from localbuilder.template import versions as v
-from localbuilder.template.validate import RUN_OUTPUT_NAME
+from localbuilder.template.validate_rules import RUN_OUTPUT_NAME
 
 VERSIONS = ["2020-02-14", "2025-10-01"]
 
