@@ -5,10 +5,11 @@ service's exact spelling (``"PlatformImage"``, ``"WindowsRestart"``) and every f
 name in ``metadata["aib"]`` so ``as_dict()`` can give the template back in AIB shape (``--json``) and the
 swagger cross-check test can compare the names with the official definitions.
 
-Only ``template.validate`` constructs these records, from a body it has checked; absent optional fields
-are resolved to the service's documented defaults here (``buildTimeoutInMinutes`` 0 → 240, restartTimeout
-``5m`` …) so that consumers never re-implement AIB's defaulting. Where a value is kept "as written" as
-well, the field says so.
+Only the validator (``template.validate_rules``/``validate_steps``) constructs these records, from a body
+it has checked; absent optional fields are resolved to the service's documented defaults, which are defined
+here (``buildTimeoutInMinutes`` 0 → 240, restartTimeout ``5m`` …), so that consumers never re-implement
+AIB's defaulting: they take the resolved values. Where a value is kept "as written" as well, the field says
+so.
 """
 
 from __future__ import annotations
