@@ -50,7 +50,7 @@ STILL_GOING_DOWN = (1115, 1190, 1717)
 class RestartOptions:
     restart_command: str = DEFAULT_RESTART_COMMAND
     check_command: str = ""  # restartCheckCommand; "" = only Packer's built-in check
-    timeout: float = DEFAULT_RESTART_TIMEOUT_SECONDS  # restartTimeout in seconds
+    timeout: float = float(DEFAULT_RESTART_TIMEOUT_SECONDS)  # restartTimeout in seconds
     pending_interval: float | None = None  # None: PENDING_INTERVAL
     check_interval: float | None = None  # None: CHECK_INTERVAL
 
