@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 
 from localbuilder.communicator import CommandResult, Communicator, OutputCallback
-from localbuilder.communicator.winrm import powershell_command
+from localbuilder.communicator.winrs import powershell_command
 from localbuilder.errors import CommunicatorError, CustomizerError, Disconnected
 from localbuilder.hypervisor import Guest
 from localbuilder.template.durations import parse_duration

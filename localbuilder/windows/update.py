@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from localbuilder.communicator import Communicator, OutputCallback
-from localbuilder.communicator.winrm import ps_quote
+from localbuilder.communicator.winrs import ps_quote
 from localbuilder.errors import CustomizerError
 from localbuilder.hypervisor import Guest
 from localbuilder.template.model import (
