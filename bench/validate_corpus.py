@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from localbuilder.template import parse_template
+from localbuilder.template.load import load_documents
+
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus" / "aib-templates"
 RUNS = 5
@@ -35,9 +38,6 @@ def main() -> dict[str, Any]:
         if proc.returncode not in (0, 2):
             raise RuntimeError(f"validate exited {proc.returncode}: {proc.stderr[-2000:]}")
         entries = json.loads(proc.stdout)
-
-    from localbuilder.template import parse_template
-    from localbuilder.template.load import load_documents
 
     start = time.perf_counter()
     for file in files:

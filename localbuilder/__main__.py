@@ -11,6 +11,7 @@ import signal
 import sys
 from types import FrameType
 
+from localbuilder.cli import build_parser
 from localbuilder.errors import Canceled, LocalBuilderError
 from localbuilder.log import setup_logging
 
@@ -26,8 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     setup_logging(debug=debug)
     try:
-        from localbuilder.cli import build_parser
-
         parser = build_parser()
         args = parser.parse_args(argv)
         setup_logging(debug=args.debug, quiet=args.quiet)

@@ -15,9 +15,12 @@ while ``SSHCommunicator.wait_ready`` polls, ``BootWatch.check()`` (its ``watch``
 * shows signs of life: the last meaningful console line (for the progress bar) and, without a
   terminal, a log line every ``HEARTBEAT`` seconds.
 
+When the guest answers with an unexpected host key, the communicator asks ``explain_host_key()``: a console
+showing that cloud-init ignored the seed (``seed_ignored``) says why, which the communicator cannot know.
+
 A recognized failure raises ``BootFailure`` (a BackendError) with the matching console lines (at most
-``QUOTE_LINES``, secrets redacted), the serial log's path and a hint; the session's teardown then stops
-the guest. Everything here is pure or reads files: the clock is injectable for tests.
+``QUOTE_LINES``, secrets hidden by ``redact.redact_line``), the serial log's path and a hint; the session's
+teardown then stops the guest. Everything here is pure or reads files: the clock is injectable for tests.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from localbuilder.azure.target import redact as redact_sas
-from localbuilder.errors import BootFailure
+from localbuilder.errors import BootFailure, HostKeyMismatch
+from localbuilder.redact import redact_line
 
 log = logging.getLogger("localbuilder.bootwatch")
 
@@ -59,19 +62,6 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>78cM]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # systemd shortens status lines with "…" and can cut an escape sequence in two: "nss-lookup.…[0m - Host".
 _CUT_ESCAPE = re.compile(r"…(?:\[[0-9;]*)?m(?= )")
-# PEM blocks, "password=…"-style assignments, bearer tokens: never quoted back.
-_SECRET_WORDS = re.compile(r"(?i)\b(password|passwd|secret|token|api[_-]?key)(\s*[=:]\s*)(\S+)")
-_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
-_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
-
-
-def redact(line: str) -> str:
-    """``line`` with SAS signatures, account keys, passwords and tokens replaced by ``REDACTED``."""
-    if _PRIVATE_KEY.search(line):
-        return "(a private key — not shown)"
-    line = redact_sas(line)
-    line = _SECRET_WORDS.sub(lambda m: f"{m.group(1)}{m.group(2)}REDACTED", line)
-    return _BEARER.sub(lambda m: f"{m.group(1)} REDACTED", line)
 
 
 def clean(raw: str) -> str:
@@ -261,7 +251,9 @@ def evidence(failure: Failure, lines: list[str], at: int, limit: int = QUOTE_LIN
         # Keep the trigger, then the nearest others.
         trigger = first[lines[at]]
         picked = sorted(sorted(picked, key=lambda i: (i != trigger, abs(i - at), i))[:limit])
-    return [redact(lines[i]) + (f"  (×{count[lines[i]]})" if count[lines[i]] > 1 else "") for i in picked]
+    return [
+        redact_line(lines[i]) + (f"  (×{count[lines[i]]})" if count[lines[i]] > 1 else "") for i in picked
+    ]
 
 
 def seed_ignored(lines: Iterable[str]) -> list[str]:
@@ -269,7 +261,7 @@ def seed_ignored(lines: Iterable[str]) -> list[str]:
     lines = list(lines)
     if any(SEED_USED.search(line) for line in lines):
         return []
-    return [redact(line) for line in lines if SEED_IGNORED.search(line)][-QUOTE_LINES:]
+    return [redact_line(line) for line in lines if SEED_IGNORED.search(line)][-QUOTE_LINES:]
 
 
 def seed_ignored_in(serial_log: Path) -> list[str]:
@@ -406,7 +398,7 @@ class BootWatch:
             self._fail(
                 f"cloud-init finished {now - self._finished_at:.0f} s ago, yet nothing answers SSH on "
                 f"{self.target}",
-                [redact(self._finished_line)] + self._recent_ssh_lines(),
+                [redact_line(self._finished_line)] + self._recent_ssh_lines(),
                 hint="The guest is up but its SSH port is shut: sshd not enabled or not listening on port 22 "
                 "(Port/ListenAddress in sshd_config), or a firewall in the image (ufw, firewalld, nftables) "
                 f"drops it. Last SSH attempt: {status or 'none'}.",
@@ -416,7 +408,23 @@ class BootWatch:
             minutes, seconds = divmod(int(now - self._wait_started), 60)
             waited = f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
             self.notify(f"still waiting for SSH on {self.target} — {waited}, console: "
-                        f"{redact(self.last_line) or '(nothing yet)'}")
+                        f"{redact_line(self.last_line) or '(nothing yet)'}")
+
+    def explain_host_key(self, what: str) -> HostKeyMismatch | None:
+        """The communicator's question when the guest presents an unexpected host key (``what`` describes
+        it): a console showing that cloud-init ignored the seed explains it, the guest generated its own
+        keys; None otherwise (the communicator then says it is not this build's guest)."""
+        ignored = seed_ignored_in(self.serial_log)
+        if not ignored:
+            return None
+        shown = "\n".join(f"  | {line}" for line in ignored[-5:])
+        return HostKeyMismatch(
+            f"the guest ignored the build's NoCloud seed and generated its own host keys ({what}); its "
+            f"console ({self.serial_log}) shows cloud-init did not use the seed:\n{shown}",
+            hint="Let the image's cloud-init read NoCloud: datasource_list in /etc/cloud/cloud.cfg or "
+            "/etc/cloud/cloud.cfg.d/*.cfg must include NoCloud (Azure's own images list only Azure), "
+            "and cloud-init must not be disabled. Nothing was sent to the guest.",
+        )
 
     # -- console --------------------------------------------------------------------------------------
 
@@ -469,7 +477,7 @@ class BootWatch:
                 self._fail(p.failure.title, lines, hint=p.failure.hint)
 
     def _recent_ssh_lines(self) -> list[str]:
-        lines = [redact(line) for line in self.history[-200:] if re.search(_SSH_UNIT, line)]
+        lines = [redact_line(line) for line in self.history[-200:] if re.search(_SSH_UNIT, line)]
         return lines[-(QUOTE_LINES - 1):]
 
     # -- hypervisor -----------------------------------------------------------------------------------
@@ -550,7 +558,7 @@ class BootWatch:
             return "running"
 
     def _tail(self) -> list[str]:
-        lines = [redact(line) for line in self.history if meaningful(line)]
+        lines = [redact_line(line) for line in self.history if meaningful(line)]
         return lines[-QUOTE_LINES:]
 
     def _fail(self, title: str, lines: list[str], *, hint: str) -> None:

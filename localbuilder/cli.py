@@ -12,6 +12,7 @@ import pkgutil
 from types import ModuleType
 
 from localbuilder import __version__, commands
+from localbuilder.errors import UsageError
 
 
 def verb_modules() -> list[ModuleType]:
@@ -25,17 +26,15 @@ def verb_modules() -> list[ModuleType]:
     return mods
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so main() maps usage errors to exit 2 uniformly."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        from localbuilder.errors import UsageError
-
         raise UsageError(f"{self.prog}: {message}", hint=f"See '{self.prog} --help'.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="localbuilder",
         description=(
             "Build Azure VM Image Builder (AIB) templates locally: boot the source image in QEMU or "
@@ -45,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"localbuilder {__version__}")
     parser.add_argument("--debug", action="store_true", help="log everything and show tracebacks")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on the console")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
     for mod in verb_modules():
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
         mod.add_arguments(p)

@@ -31,6 +31,8 @@ tree at the module that talks to the library, with ``raise … from exc``.
 
 from __future__ import annotations
 
+import shlex
+
 
 class LocalBuilderError(Exception):
     """Base class. ``hint`` tells the user what to do about it."""
@@ -68,8 +70,6 @@ class CommandError(LocalBuilderError):
     def __init__(
         self, cmd: list[str], returncode: int, stderr_tail: str = "", *, hint: str | None = None
     ) -> None:
-        import shlex
-
         shown = shlex.join(cmd)
         if len(shown) > 300:
             shown = shown[:300] + " …"

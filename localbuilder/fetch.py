@@ -7,7 +7,7 @@ relative to the template file (handy for templates kept next to their scripts; A
 URLs). Every input is copied into ``<cache>/fetch/<sha256>``: the build uses that immutable copy, so
 editing a script while a build runs cannot change what the guest executes.
 
-Query strings are redacted in messages: Azure storage URLs carry SAS tokens there.
+Query strings are hidden in messages (``redact.hide_query``): Azure storage URLs carry SAS tokens there.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Protocol
 
 from localbuilder import paths
 from localbuilder.errors import FetchError
+from localbuilder.redact import hide_query
 
 log = logging.getLogger("localbuilder.fetch")
 
@@ -46,13 +47,6 @@ class Fetched:
     sha256: str
     size: int
     cached: bool  # served from the cache without reading the origin
-
-
-def redact(uri: str) -> str:
-    parts = urllib.parse.urlsplit(uri)
-    if parts.query:
-        return urllib.parse.urlunsplit(parts._replace(query="…"))
-    return uri
 
 
 def _cache_root() -> Path:
@@ -133,7 +127,7 @@ def fetch(req: FetchRequest, *, base_dir: Path, timeout: float = 60.0) -> Fetche
     if expected is not None and (root / expected).is_file():
         # Content-addressed: a file stored under its digest *is* that content (we verified it when
         # storing it), so a template pinned by checksum never needs the origin again.
-        log.debug("fetch %s: cache hit %s", redact(req.uri), expected)
+        log.debug("fetch %s: cache hit %s", hide_query(req.uri), expected)
         path = root / expected
         return Fetched(req.uri, path, expected, path.stat().st_size, cached=True)
 
@@ -163,29 +157,29 @@ def fetch(req: FetchRequest, *, base_dir: Path, timeout: float = 60.0) -> Fetche
             scheme = urllib.parse.urlsplit(req.uri).scheme
             if scheme not in ("http", "https"):
                 raise FetchError(
-                    f"{req.where}: unsupported URI scheme {scheme!r} in {redact(req.uri)}",
+                    f"{req.where}: unsupported URI scheme {scheme!r} in {hide_query(req.uri)}",
                     hint="Use https://, http://, file:// or a path relative to the template.",
                 )
-            log.info("downloading %s", redact(req.uri))
+            log.info("downloading %s", hide_query(req.uri))
             try:
                 with urllib.request.urlopen(req.uri, timeout=timeout) as resp:  # noqa: S310 - scheme checked
                     actual, size = _copy_hashing(resp, tmp)
             except urllib.error.HTTPError as exc:
                 exc.close()  # it holds the response's socket
                 raise FetchError(
-                    f"{req.where}: {redact(req.uri)}: HTTP {exc.code} {exc.reason}",
+                    f"{req.where}: {hide_query(req.uri)}: HTTP {exc.code} {exc.reason}",
                     hint="Check the URL (and its SAS token, if it points to Azure storage).",
                 ) from exc
             except (urllib.error.URLError, TimeoutError, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
                 raise FetchError(
-                    f"{req.where}: cannot download {redact(req.uri)}: {reason}",
+                    f"{req.where}: cannot download {hide_query(req.uri)}: {reason}",
                     hint="Is the host reachable from this machine? For offline builds keep the script "
                     "next to the template and give a relative path.",
                 ) from exc
         if expected is not None and actual != expected:
             raise FetchError(
-                f"{req.where}: sha256 mismatch for {redact(req.uri)}: expected {expected}, got {actual}",
+                f"{req.where}: sha256 mismatch for {hide_query(req.uri)}: expected {expected}, got {actual}",
                 hint="If the file changed on purpose, put the new digest in sha256Checksum.",
             )
         final = root / actual
@@ -209,7 +203,7 @@ def fetch_all(requests: Iterable[FetchRequest], *, base_dir: Path) -> dict[str, 
             continue
         previous = done.get(key)
         if previous is not None and previous.sha256 != got.sha256:
-            errors.append(FetchError(f"{req.where}: {redact(key)} changed while fetching"))
+            errors.append(FetchError(f"{req.where}: {hide_query(key)} changed while fetching"))
         done[key] = got
     if errors:
         hints = sorted({e.hint for e in errors if e.hint})

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from localbuilder.errors import TemplateError, UsageError
+from localbuilder.template import jsonc
 
 SCHEMA_VERSION = 1
 FILE_NAME = "invocation.json"
@@ -301,8 +302,6 @@ def parse_params(items: list[str]) -> dict[str, str]:
 
 def secure_parameter_names(template: Path) -> set[str]:
     """Lower-cased names of the parameters ``template`` declares secureString/secureObject (ARM)."""
-    from localbuilder.template import jsonc
-
     try:
         doc = jsonc.load_file(template).value
     except (OSError, TemplateError):

@@ -36,6 +36,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from localbuilder.disk import qemu_img_info, round_up_mib
 from localbuilder.errors import CommandError, ConversionError, UsageError
 from localbuilder.run import run
 
@@ -182,8 +183,6 @@ def vhd_size(image: Path | None, fmt: str | None, os_disk_size_gb: int | None) -
     """The VHD a build of ``image`` makes: virtual size from osDiskSizeGB or the image; data measured.
 
     None when neither is known (the source image could not be resolved and no osDiskSizeGB is set)."""
-    from localbuilder.disk import qemu_img_info, round_up_mib
-
     wanted = os_disk_size_gb * GIB if os_disk_size_gb else 0
     if image is None or fmt is None:
         if not wanted:

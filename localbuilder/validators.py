@@ -16,17 +16,17 @@ from typing import Any
 
 from localbuilder.customizers import Customizer, customizer_for, step_type
 from localbuilder.errors import CustomizerError
+from localbuilder.template.model import ValidatorType
 
 SECTION = "validate.inVMValidations"
-VALIDATOR_TYPES = frozenset({"Shell", "PowerShell", "File"})
 
 
 def validator_for(step: Any) -> Customizer:
     name = step_type(step)
-    if name not in VALIDATOR_TYPES:
+    if name not in set(ValidatorType):
         raise CustomizerError(
             f"{name!r} is not a validator type",
-            hint=f"inVMValidations accept {', '.join(sorted(VALIDATOR_TYPES))}.",
+            hint=f"inVMValidations accept {', '.join(sorted(ValidatorType))}.",
         )
     return customizer_for(step)
 

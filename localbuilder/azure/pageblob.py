@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from tqdm import tqdm
+
 from localbuilder import paths
 from localbuilder.azure.extents import (
     MAX_PUT,
@@ -32,8 +34,9 @@ from localbuilder.azure.extents import (
     nonzero_runs,
     upload_plan,
 )
-from localbuilder.azure.target import BlobTarget, redact
+from localbuilder.azure.target import BlobTarget
 from localbuilder.errors import DistributeError
+from localbuilder.redact import redact
 
 log = logging.getLogger("localbuilder.azure.pageblob")
 
@@ -292,8 +295,6 @@ def _verify(client: Any, path: Path, size: int, verify: Verify, expected: str) -
 
 
 def _bar(total: int, enabled: bool, name: str) -> Any:
-    from tqdm import tqdm
-
     return tqdm(
         total=total,
         unit="B",

@@ -6,7 +6,7 @@ create-upload-generic):
   present in the initramfs, or the root disk is never found on Azure;
 - ``console=ttyS0`` on the kernel command line, or the serial console and boot diagnostics stay empty;
 - a provisioning agent: waagent, or cloud-init with the Azure datasource enabled.
-Read through ``inspect.Ext4Reader`` (debugfs, no mount, no boot).
+Read through ``diskread.Ext4Reader`` (debugfs, no mount, no boot).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, cast
 
+from localbuilder.diskread import Ext4Reader, ReadAt, detect_filesystem, parse_partitions
 from localbuilder.errors import CommandError, InspectionError
 from localbuilder.run import run
 
@@ -187,8 +188,6 @@ def open_root(image: Path) -> Reader | None:
     place at the partition's offset: no conversion, no copy. The root is the first ext partition that
     holds ``/etc/passwd`` (a separate ``/boot`` is ext too, but has no ``/etc``).
     """
-    from localbuilder.inspect import Ext4Reader, ReadAt, detect_filesystem, parse_partitions
-
     size = image.stat().st_size
     with open(image, "rb") as fh:
         fh.seek(max(0, size - 512))

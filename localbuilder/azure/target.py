@@ -17,18 +17,7 @@ import urllib.parse
 from typing import Any
 
 from localbuilder.errors import DistributeError, UsageError
-
-_SECRET_PARAMS = re.compile(r"(?i)\b(sig|signature|accountkey|sharedaccesssignature)=([^&;\s]+)")
-
-
-def redact(text: str) -> str:
-    """Replace SAS signatures and account keys in ``text`` with ``REDACTED``."""
-    return _SECRET_PARAMS.sub(lambda m: f"{m.group(1)}=REDACTED", text)
-
-
-def strip_query(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+from localbuilder.redact import redact, strip_query
 
 
 def _parse_connection_string(conn: str) -> dict[str, str]:

@@ -16,7 +16,8 @@ from localbuilder import validators
 from localbuilder.customizers import customizer_for
 from localbuilder.distributors import DistributeContext, distributor_for
 from localbuilder.errors import CustomizerError, LocalBuilderError
-from localbuilder.fetch import Fetched, FetchRequest, fetch_all, redact
+from localbuilder.fetch import Fetched, FetchRequest, fetch_all
+from localbuilder.redact import hide_query
 from localbuilder.template import model
 
 
@@ -76,5 +77,5 @@ def fetch_inputs(
     fetched = fetch_all(requests, base_dir=base_dir)
     for f in fetched.values():
         cached = ", cached" if f.cached else ""
-        note(f"fetched {redact(f.uri)} sha256={f.sha256} ({f.size} bytes{cached})")
+        note(f"fetched {hide_query(f.uri)} sha256={f.sha256} ({f.size} bytes{cached})")
     return fetched

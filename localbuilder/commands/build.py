@@ -22,6 +22,7 @@ from localbuilder.guest import Platform, SourceImage
 from localbuilder.guest.local import LocalPlatform
 from localbuilder.invocation import Invocation
 from localbuilder.recovery import recover_and_warn
+from localbuilder.redact import redact, strip_query
 from localbuilder.room import Need
 from localbuilder.state import RunState, find_run, reconcile
 from localbuilder.template import Severity, parse_template
@@ -161,8 +162,6 @@ def _azure_options(args: argparse.Namespace) -> AzureOptions:
 def _azure(
     staging: str | None, account: str | None, dry_run: bool, *, json_output: bool, quiet: bool
 ) -> AzureOptions:
-    from localbuilder.azure.target import redact, strip_query
-
     if staging:
         parts = urllib.parse.urlsplit(staging)
         if parts.scheme not in ("http", "https") or not parts.path.strip("/"):

@@ -11,7 +11,7 @@ from pathlib import Path
 from localbuilder import paths
 from localbuilder.catalog import Catalog, CatalogImage, Generation
 from localbuilder.errors import UsageError
-from localbuilder.images import debian
+from localbuilder.images import debian, debian_build
 from localbuilder.template.model import OsType, SourceType
 
 log = logging.getLogger("localbuilder.commands.image")
@@ -83,7 +83,7 @@ def _build(args: argparse.Namespace) -> int:
         firmware=debian.Firmware.uefi if args.uefi else debian.Firmware.bios,
     )
     cache_dir = args.cache_dir or (paths.cache_dir() / "source-images")
-    built = debian.ensure_image(recipe, cache_dir, scratch=args.scratch)
+    built = debian_build.ensure_image(recipe, cache_dir, scratch=args.scratch)
     if built.reused:
         log.info("recipe unchanged: reusing %s (built %s)", built.path, built.built_at)
     if not args.no_register:

@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from localbuilder.state import find_run, reconcile
+
 NAME = "logs"
 HELP = "print a run's customization.log (--follow while it runs; --debug-log for build.log)"
 
@@ -17,8 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from localbuilder.state import find_run, reconcile
-
     rundir = find_run(args.run_ref)
     path = rundir.build_log if args.debug_log else rundir.customization_log
     pos = 0

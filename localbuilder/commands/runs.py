@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 
 from localbuilder.log import format_duration
+from localbuilder.recovery import recover_and_warn
+from localbuilder.state import iter_runs, reconcile
 
 NAME = "show-runs"
 HELP = "list build runs with their lastRunStatus and runOutputs"
@@ -17,8 +20,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _duration(start: str, end: str | None) -> str:
-    import datetime as dt
-
     try:
         t0 = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
         t1 = dt.datetime.fromisoformat(end.replace("Z", "+00:00")) if end else dt.datetime.now(dt.UTC)
@@ -28,9 +29,6 @@ def _duration(start: str, end: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from localbuilder.recovery import recover_and_warn
-    from localbuilder.state import iter_runs, reconcile
-
     recover_and_warn()  # builds that were killed: stop their guests, mark their runs
     records = [(r, reconcile(r)) for r in iter_runs(args.template)]
     if args.json:

@@ -18,7 +18,9 @@ import shutil
 import signal
 import sys
 import tempfile
+import termios
 import time
+import tty
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -26,6 +28,9 @@ from types import FrameType
 import paramiko
 
 from localbuilder import paths
+from localbuilder.catalog import Catalog, classify_id
+from localbuilder.cli import Parser
+from localbuilder.diskformat import detect_format
 from localbuilder.errors import CatalogError, CommunicatorError, UsageError
 from localbuilder.guest.linux import LinuxGuest, linux_guest
 from localbuilder.hypervisor import BACKENDS
@@ -33,6 +38,7 @@ from localbuilder.hypervisor.probe import resolve_accel
 from localbuilder.hypervisor.sizes import guest_shape
 from localbuilder.hypervisor.spec import NetworkMode
 from localbuilder.log import format_duration
+from localbuilder.template.model import OsType
 
 log = logging.getLogger("localbuilder.commands.shell")
 
@@ -83,9 +89,7 @@ def split_command(args: argparse.Namespace) -> list[str]:
     else:
         options, command = rest, []
     if options:
-        from localbuilder.cli import _Parser
-
-        late = _Parser(prog="localbuilder shell", argument_default=argparse.SUPPRESS, add_help=False)
+        late = Parser(prog="localbuilder shell", argument_default=argparse.SUPPRESS, add_help=False)
         _add_options(late)
         for action in late._actions:
             action.default = argparse.SUPPRESS  # only what is given overrides the earlier parse
@@ -99,8 +103,6 @@ def split_command(args: argparse.Namespace) -> list[str]:
 
 def resolve_source(source: str) -> tuple[Path, str]:
     """(image path, qemu format) for a file path, a catalog URN or a resource id."""
-    from localbuilder.diskformat import detect_format
-
     candidate = Path(source).expanduser()
     if candidate.exists():
         if not candidate.is_file():
@@ -108,12 +110,6 @@ def resolve_source(source: str) -> tuple[Path, str]:
                              hint="Give a disk image file, a URN or a resource id.")
         fmt, _ = detect_format(candidate)
         return candidate.absolute(), fmt.value
-    try:
-        from localbuilder.catalog import Catalog, classify_id
-        from localbuilder.template.model import OsType
-    except ImportError as exc:  # the catalog is optional for file sources
-        raise UsageError(f"SOURCE {source!r} is not a file and the image catalog is unavailable ({exc})",
-                         hint="Give the path of a disk image file.") from exc
     catalog = Catalog()
     if source.startswith("/subscriptions/"):
         image = catalog.resolve_id(source, classify_id(source))
@@ -131,9 +127,6 @@ def resolve_source(source: str) -> tuple[Path, str]:
 
 @contextlib.contextmanager
 def _raw_tty() -> Iterator[None]:
-    import termios
-    import tty
-
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
     try:

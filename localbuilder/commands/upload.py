@@ -7,7 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from localbuilder.azure.pageblob import upload_vhd
+from localbuilder.azure.target import resolve_target
 from localbuilder.errors import UsageError
+from localbuilder.vhd import check_fixed_vhd
 
 NAME = "upload"
 HELP = "upload a fixed VHD to an Azure page blob (sparse, parallel, resumable)"
@@ -38,9 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from localbuilder.azure.pageblob import upload_vhd
-    from localbuilder.azure.target import resolve_target
-
     if not args.vhd.is_file():
         raise UsageError(f"{args.vhd}: no such file", hint="Give the path of a fixed VHD.")
     _check_vhd(args.vhd)
@@ -62,8 +62,4 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_vhd(path: Path) -> None:
     """Refuse anything but a fixed VHD: Azure rejects the rest after a long upload."""
-    try:
-        from localbuilder.vhd import check_fixed_vhd
-    except ImportError:  # pragma: no cover - vhd.py is part of the package
-        return
     check_fixed_vhd(path)

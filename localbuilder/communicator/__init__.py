@@ -2,6 +2,11 @@
 
 Implementations: ``ssh.SSHCommunicator`` (paramiko), ``winrm.WinRMCommunicator`` (pywinrm) and
 ``fake.FakeCommunicator`` (scripted replies for unit tests, like httpx's MockTransport).
+
+Under them, one module per concept: ``sshtransport`` (opening a verified paramiko transport),
+``hostkeys`` (host-key pinning), ``sshchannel`` (driving one command's channel), ``console`` (the
+serial console's tail in a timeout message), ``winrs`` (how commands and scripts are spelled for
+Windows Remote Shell) and ``output`` (output streams into lines and bounded tails, shared by all).
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ Security defaults follow AIB (HTTPS on 5986, FACTS §6):
 Uploads send the file through the stdin of ONE PowerShell command (``send_command_input``), base64
 per line so console-mode stdin cannot mangle bytes, then compare SHA-256 (FACTS §8: the
 chunk-per-command approach needs ~2,400 commands for 5 MB).
+
+How commands and scripts are spelled for WinRS (``-EncodedCommand``, quoting, the upload and download
+scripts, CLIXML on stderr) is ``winrs``; this module is the communicator: connection, certificate
+pinning, errors, running commands and moving files.
 """
 
 from __future__ import annotations
@@ -25,10 +29,7 @@ import codecs
 import collections
 import hashlib
 import logging
-import re
 import time
-import uuid
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,7 @@ import winrm.transport
 
 from localbuilder.communicator import CommandResult, OutputCallback
 from localbuilder.communicator.output import MAX_LINE_CHARS, printable
+from localbuilder.communicator.winrs import decode_clixml, download_script, powershell_command, upload_script
 from localbuilder.errors import (
     CommunicatorError,
     CommunicatorTimeout,
@@ -64,9 +66,6 @@ FAULT_SHELL_NOT_FOUND = 2150858843  # the shell is gone: the guest restarted (or
 UPLOAD_CHUNK = 48 * 1024
 # The shell's output code page: UTF-8, so non-ASCII output of PowerShell survives.
 CODEPAGE_UTF8 = 65001
-POWERSHELL = "powershell.exe -NoLogo -NoProfile -NonInteractive -ExecutionPolicy Bypass"
-# cmd.exe's command-line limit: WinRS runs every command through cmd /c.
-CMD_LINE_LIMIT = 8191
 
 AUTH_HINT = (
     "Check the build account's password, and the transport: the guest's WinRM must allow it "
@@ -543,108 +542,5 @@ class _LineSplitter:
         return "\n".join(self.lines)
 
 
-CLIXML_HEADER = "#< CLIXML"
-_CLIXML_NS = "{http://schemas.microsoft.com/powershell/2004/04}"
-_CLIXML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
-
-
-def decode_clixml(line: str) -> list[str] | None:
-    """PowerShell's serialized stderr → the error text lines; None when ``line`` is not CLIXML.
-
-    powershell.exe run through WinRS writes its error stream as CLIXML (``#< CLIXML`` and then one
-    ``<Objs>`` document per line), progress records included; pywinrm's ``run_ps`` and Ansible decode
-    it too. Error strings keep their text (``_x000D__x000A_`` escapes decoded); progress is dropped.
-    """
-    if line.strip() == CLIXML_HEADER:
-        return []
-    if not line.startswith("<Objs "):
-        return None
-    try:
-        root = ET.fromstring(line)
-    except ET.ParseError:
-        return None
-    text = "".join(
-        _CLIXML_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), node.text or "")
-        for node in root.iter(f"{_CLIXML_NS}S")
-        if node.get("S") == "Error"
-    )
-    return text.replace("\r\n", "\n").rstrip("\n").split("\n") if text else []
-
-
 def _shorten(command: str, limit: int = 120) -> str:
     return command if len(command) <= limit else command[:limit] + " …"
-
-
-def powershell_command(script: str, *, progress: bool = True) -> str:
-    """The cmd.exe line that runs ``script``: ``powershell … -EncodedCommand <UTF-16LE base64>``.
-
-    ``-EncodedCommand`` avoids every cmd.exe/PowerShell quoting rule. The script is prefixed with
-    ``$ProgressPreference = 'SilentlyContinue'`` as Packer does: progress records are serialized to
-    stderr as CLIXML over WinRM and drown real errors.
-    """
-    # A begin/process/end script must not have statements before its blocks: it sets the preference itself.
-    full = ("$ProgressPreference = 'SilentlyContinue'\n" if progress else "") + script
-    encoded = base64.b64encode(full.encode("utf-16-le")).decode("ascii")
-    line = f"{POWERSHELL} -EncodedCommand {encoded}"
-    if len(line) > CMD_LINE_LIMIT:
-        # A programming error on our side: long scripts must be uploaded and run from a file.
-        raise CommunicatorError(
-            f"PowerShell script too long for one command line ({len(line)} > {CMD_LINE_LIMIT} characters)"
-        )
-    return line
-
-
-def ps_quote(text: str) -> str:
-    """A PowerShell single-quoted literal: each quote character is doubled. PowerShell also ends a
-    single-quoted string at the typographic quotes U+2018–U+201B (about_Quoting_Rules), so a path with
-    ``’`` in it would otherwise break out of the literal."""
-    return "'" + re.sub("['\u2018-\u201b]", lambda m: m.group() * 2, text) + "'"
-
-
-def upload_script(dst: str) -> str:
-    """PowerShell that writes base64 lines arriving on stdin to ``dst`` and prints its SHA-256.
-
-    The shape (begin/process/end, lines through ``$input``) is how stdin reaches a PowerShell run with
-    ``-EncodedCommand``: each stdin line is one pipeline item. The data lands in a temp file next to
-    ``dst`` that is moved into place only when complete.
-    """
-    tmp = f"{dst}.lbupload-{uuid.uuid4().hex[:8]}"
-    return f"""begin {{
-    $ProgressPreference = 'SilentlyContinue'
-    $ErrorActionPreference = 'Stop'
-    $dst = {ps_quote(dst)}
-    $tmp = {ps_quote(tmp)}
-    $parent = Split-Path -Parent $dst
-    if ($parent -and -not (Test-Path -LiteralPath $parent -PathType Container)) {{
-        [Console]::Error.WriteLine("parent directory does not exist: $parent")
-        exit 2
-    }}
-    $out = [System.IO.File]::Create($tmp)
-}}
-process {{
-    foreach ($line in $input) {{
-        if ($line) {{
-            $bytes = [Convert]::FromBase64String($line)
-            $out.Write($bytes, 0, $bytes.Length)
-        }}
-    }}
-}}
-end {{
-    $out.Close()
-    Move-Item -LiteralPath $tmp -Destination $dst -Force
-    $hash = (Get-FileHash -LiteralPath $dst -Algorithm SHA256).Hash.ToLowerInvariant()
-    Write-Output "sha256=$hash"
-}}
-"""
-
-
-def download_script(src: str) -> str:
-    return f"""$ErrorActionPreference = 'Stop'
-$bytes = [System.IO.File]::ReadAllBytes({ps_quote(src)})
-$b64 = [Convert]::ToBase64String($bytes)
-for ($i = 0; $i -lt $b64.Length; $i += 65536) {{
-    Write-Output $b64.Substring($i, [Math]::Min(65536, $b64.Length - $i))
-}}
-$hash = (Get-FileHash -LiteralPath {ps_quote(src)} -Algorithm SHA256).Hash.ToLowerInvariant()
-Write-Output "sha256=$hash"
-"""

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from localbuilder.customizers import Customizer, StepContext, StepFailed
 from localbuilder.errors import CommunicatorError, CustomizerError
-from localbuilder.fetch import redact
+from localbuilder.redact import hide_query as redact
 from localbuilder.template.model import OsType
+from localbuilder.windows.files import upload_file
 
 LINUX_ALLOWED_PREFIX = "/tmp/"
 
@@ -54,8 +55,6 @@ class File(Customizer, type_name="File"):
         dst: str = self.step.destination
         where = self.describe(ctx.index, ctx.section)
         if ctx.os is OsType.windows:
-            from localbuilder.windows.files import upload_file
-
             ctx.remaining()
             upload_file(ctx.comm, local, dst)
             ctx.note(f"copied {shown} ({local.stat().st_size} bytes) to {dst}")

@@ -37,7 +37,7 @@ class PowerShell(Customizer, type_name="PowerShell"):
             script = ctx.local_file(step.script_uri).read_bytes()
         else:
             script = inline_script(step.inline)
-        valid = tuple(step.valid_exit_codes) or (0,)
+        valid = step.accepted_exit_codes
         run = run_powershell_script(
             ctx.comm,
             script,
@@ -60,7 +60,7 @@ class PowerShell(Customizer, type_name="PowerShell"):
 
     def _apply_linux(self, ctx: StepContext) -> None:
         step = self.step
-        valid = tuple(step.valid_exit_codes) or (0,)
+        valid = step.accepted_exit_codes
         with tempfile.TemporaryDirectory(prefix="localbuilder-pwsh-") as tmp:
             local = Path(tmp) / "step.ps1"
             if step.script_uri:

@@ -1,19 +1,14 @@
 """WindowsRestart customizer: Packer's restart algorithm, confirmed through the hypervisor.
 
-See ``localbuilder.windows.restart`` for the algorithm; ``restartTimeout`` is parsed there (``5m``,
-``2h``, ``1h30m``).
+See ``localbuilder.windows.restart`` for the algorithm. The template validator has resolved the step's
+defaults and parsed ``restartTimeout`` (``5m``, ``2h``, ``1h30m``) into ``restart_timeout_seconds``.
 """
 
 from __future__ import annotations
 
 from localbuilder.customizers import Customizer, StepContext
 from localbuilder.template.model import OsType
-from localbuilder.windows.restart import (
-    DEFAULT_RESTART_COMMAND,
-    RestartOptions,
-    parse_restart_timeout,
-    restart_windows,
-)
+from localbuilder.windows.restart import RestartOptions, invalid_restart_timeout, restart_windows
 
 
 class WindowsRestart(Customizer, type_name="WindowsRestart"):
@@ -21,14 +16,11 @@ class WindowsRestart(Customizer, type_name="WindowsRestart"):
 
     def apply(self, ctx: StepContext) -> None:
         step = self.step
-        # The template validator has parsed restartTimeout already (Go duration syntax); a record built
-        # by hand without it falls back to our parser.
-        timeout = float(step.restart_timeout_seconds or 0) or parse_restart_timeout(
-            step.restart_timeout or "5m"
-        )
+        if step.restart_timeout_seconds <= 0:  # '0s' is a valid Go duration, but no time to restart in
+            raise invalid_restart_timeout(step.restart_timeout)
         options = RestartOptions(
-            restart_command=step.restart_command or DEFAULT_RESTART_COMMAND,
-            check_command=step.restart_check_command or "",
-            timeout=min(timeout, ctx.remaining()),
+            restart_command=step.restart_command,
+            check_command=step.restart_check_command,
+            timeout=min(float(step.restart_timeout_seconds), ctx.remaining()),
         )
         restart_windows(ctx.comm, options, guest=ctx.guest, on_output=ctx.output)

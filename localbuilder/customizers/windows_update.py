@@ -1,10 +1,13 @@
-"""WindowsUpdate customizer: the install/restart loop of ``localbuilder.windows.update``."""
+"""WindowsUpdate customizer: the install/restart loop of ``localbuilder.windows.update``.
+
+The template validator has resolved the step's defaults (searchCriteria, filters, updateLimit 0 → 1000).
+"""
 
 from __future__ import annotations
 
 from localbuilder.customizers import Customizer, StepContext
 from localbuilder.template.model import OsType
-from localbuilder.windows.update import DEFAULT_UPDATE_LIMIT, UpdateOptions, filters_for, windows_update
+from localbuilder.windows.update import UpdateOptions, windows_update
 
 
 class WindowsUpdate(Customizer, type_name="WindowsUpdate"):
@@ -14,7 +17,7 @@ class WindowsUpdate(Customizer, type_name="WindowsUpdate"):
         step = self.step
         options = UpdateOptions(
             search_criteria=step.search_criteria,
-            filters=filters_for(step.filters),
-            update_limit=step.update_limit or DEFAULT_UPDATE_LIMIT,
+            filters=step.filters,
+            update_limit=step.update_limit,
         )
         windows_update(ctx.comm, options, guest=ctx.guest, on_output=ctx.output, timeout=ctx.remaining())

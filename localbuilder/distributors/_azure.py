@@ -9,9 +9,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from localbuilder.azure.target import BlobTarget, redact, resolve_target, strip_query
+from localbuilder.azure.pageblob import upload_vhd
+from localbuilder.azure.readiness import check_readiness, open_root
+from localbuilder.azure.target import BlobTarget, resolve_target
 from localbuilder.distributors import DistributeContext
 from localbuilder.errors import DistributeError, LocalBuilderError
+from localbuilder.redact import redact, strip_query
 
 log = logging.getLogger("localbuilder.distributors.azure")
 
@@ -36,8 +39,6 @@ def readiness_warnings(ctx: DistributeContext, vhd: Path) -> list[str]:
 
 
 def _check(vhd: Path) -> list[str]:
-    from localbuilder.azure.readiness import check_readiness, open_root
-
     try:
         reader = open_root(vhd)
         if reader is None:
@@ -72,8 +73,6 @@ def dry_run_blob_url(ctx: DistributeContext, run_output_name: str) -> str:
 
 def upload(ctx: DistributeContext, vhd: Path, to: str, where: str) -> str:
     """Upload ``vhd`` to the blob ``to`` (a SAS in it, or env credentials); return the URL without query."""
-    from localbuilder.azure.pageblob import upload_vhd
-
     try:
         target: BlobTarget = resolve_target(to)
     except LocalBuilderError as exc:

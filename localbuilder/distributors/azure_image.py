@@ -20,9 +20,10 @@ from localbuilder.azure.compute import (
     DryRunCompute,
     GalleryVersionPlan,
     ImagePlan,
+    SdkCompute,
     TargetRegion,
 )
-from localbuilder.distributors import NOT_UPLOADED, DistributeContext, Distributor, place
+from localbuilder.distributors import NOT_UPLOADED, DistributeContext, Distributor, _azure, place
 from localbuilder.errors import DistributeError
 from localbuilder.state import RunOutput
 
@@ -55,8 +56,6 @@ class _AzureImage(Distributor):
         return f"{self.type_name} '{self.run_output_name}'"
 
     def distribute(self, ctx: DistributeContext) -> RunOutput:
-        from localbuilder.distributors import _azure
-
         dst = self.output_path(ctx)
         place(ctx.vhd, dst, force=ctx.force)
         local_uri = dst.absolute().as_uri()
@@ -101,8 +100,6 @@ class _AzureImage(Distributor):
 
 
 def _default_compute(subscription: str) -> Compute:
-    from localbuilder.azure.compute import SdkCompute
-
     try:
         from azure.identity import DefaultAzureCredential
     except ImportError as exc:

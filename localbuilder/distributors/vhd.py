@@ -8,6 +8,7 @@ With ``uri`` (API 2022-07-01+) AIB writes the VHD to that blob; so do we: a spar
 from __future__ import annotations
 
 from localbuilder.distributors import DistributeContext, Distributor, place
+from localbuilder.distributors._azure import upload
 from localbuilder.state import RunOutput
 
 
@@ -18,8 +19,6 @@ class Vhd(Distributor, type_name="VHD"):
         artifact_uri = dst.absolute().as_uri()
         uri = getattr(self.target, "uri", None)
         if uri:
-            from localbuilder.distributors._azure import upload
-
             artifact_uri = upload(ctx, dst, uri, f"VHD '{self.run_output_name}' uri")
         return RunOutput(
             name=self.run_output_name,

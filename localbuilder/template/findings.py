@@ -12,6 +12,7 @@ import enum
 from collections.abc import Iterable, Iterator, Sequence
 
 PathPart = str | int
+JsonPath = tuple[PathPart, ...]  # ("properties", "customize", 2, "inline")
 
 
 class Severity(enum.StrEnum):
@@ -30,6 +31,16 @@ def format_path(path: Sequence[PathPart]) -> str:
         else:
             out += ("." if out else "") + part
     return out or "(top level)"
+
+
+def shorten(text: str, limit: int = 160) -> str:
+    """``text`` cut to ``limit`` characters (the last one an ellipsis), to quote a value in a message."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def quote(value: object, limit: int = 60) -> str:
+    """A value as written (its ``repr``), shortened: ``'5 minutes'``, ``{'value': '22_04-lts'}``."""
+    return shorten(repr(value), limit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,3 +107,27 @@ class ValidationResult:
 
     def ok(self, strict: bool = False) -> bool:
         return not self.errors(strict)
+
+
+class Reporter:
+    """Adds findings to ``result``, but none at or under a path in ``flagged``.
+
+    ``flagged``: paths the loader already reported as errors (an unevaluable ARM expression …). A value
+    there is not what the author meant, so checking its format would report one mistake twice.
+    """
+
+    def __init__(self, result: ValidationResult, flagged: frozenset[JsonPath] = frozenset()) -> None:
+        self.result = result
+        self.flagged = flagged
+
+    def add(
+        self,
+        path: JsonPath,
+        message: str,
+        severity: Severity = Severity.error,
+        *,
+        hint: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        if not any(path[:n] in self.flagged for n in range(len(path) + 1)):
+            self.result.add(path, message, severity, hint=hint, code=code)

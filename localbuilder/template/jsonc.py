@@ -97,6 +97,23 @@ def decode(data: bytes, source: str) -> str:
         ) from exc
 
 
+def kind(value: Any) -> str:
+    """What a parsed value is, for messages: object, array, string, boolean, null, int or number."""
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, int):
+        return "int"
+    return "number"
+
+
 def load_file(path: Path) -> ParsedJson:
     """Read and parse a JSON/JSONC file; every failure is a TemplateError with a hint."""
     try:

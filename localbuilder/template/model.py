@@ -5,10 +5,11 @@ service's exact spelling (``"PlatformImage"``, ``"WindowsRestart"``) and every f
 name in ``metadata["aib"]`` so ``as_dict()`` can give the template back in AIB shape (``--json``) and the
 swagger cross-check test can compare the names with the official definitions.
 
-Only ``template.validate`` constructs these records, from a body it has checked; absent optional fields
-are resolved to the service's documented defaults here (``buildTimeoutInMinutes`` 0 → 240, restartTimeout
-``5m`` …) so that consumers never re-implement AIB's defaulting. Where a value is kept "as written" as
-well, the field says so.
+Only the validator (``template.validate_rules``/``validate_steps``) constructs these records, from a body
+it has checked; absent optional fields are resolved to the service's documented defaults, which are defined
+here (``buildTimeoutInMinutes`` 0 → 240, restartTimeout ``5m`` …), so that consumers never re-implement
+AIB's defaulting: they take the resolved values. Where a value is kept "as written" as well, the field says
+so.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import dataclasses
 import enum
 from collections.abc import Mapping
 from typing import Any, ClassVar
+
+from localbuilder.template.durations import parse_duration
 
 # ---------------------------------------------------------------------------------------------------------
 # Enums (values spelled exactly as AIB)
@@ -103,6 +106,7 @@ DEFAULT_BUILD_TIMEOUT_MINUTES = 240
 MAX_BUILD_TIMEOUT_MINUTES = 960
 DEFAULT_RESTART_COMMAND = 'shutdown /r /f /t 0 /c "packer restart"'
 DEFAULT_RESTART_TIMEOUT = "5m"
+DEFAULT_RESTART_TIMEOUT_SECONDS = parse_duration(DEFAULT_RESTART_TIMEOUT)
 DEFAULT_UPDATE_SEARCH_CRITERIA = "BrowseOnly=0 and IsInstalled=0"
 DEFAULT_UPDATE_FILTERS: tuple[str, ...] = ("include:$true",)
 DEFAULT_UPDATE_LIMIT = 1000
@@ -280,7 +284,7 @@ class WindowsRestartCustomizer(Customizer):
     restart_command: str = aib("restartCommand", default=DEFAULT_RESTART_COMMAND)
     restart_check_command: str = aib("restartCheckCommand", default="")  # "" = none
     restart_timeout: str = aib("restartTimeout", default=DEFAULT_RESTART_TIMEOUT)  # as written: 5m, 2h…
-    restart_timeout_seconds: int = 300  # restart_timeout parsed
+    restart_timeout_seconds: int = DEFAULT_RESTART_TIMEOUT_SECONDS  # restart_timeout parsed
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

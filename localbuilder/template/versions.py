@@ -13,7 +13,8 @@ How the service treats a body (VERDICTS.md "Method"): before 2024-02-01 property
 are case-insensitive and unknown properties are ignored; from 2024-02-01 both are enforced.
 
 The table is declarative: ``SCHEMAS`` maps an object kind to its fields, ``FAMILIES`` maps a
-discriminated family (source, customizer, …) to its type names. ``template.validate`` walks a body with it.
+discriminated family (source, customizer, …) to its type names. ``template.validate_shape`` walks a body
+with it.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import ntpath
 from pathlib import Path
 
 from localbuilder.communicator import Communicator
-from localbuilder.communicator.winrm import powershell_command, ps_quote
+from localbuilder.communicator.winrs import powershell_command, ps_quote
 from localbuilder.errors import CustomizerError
 
 

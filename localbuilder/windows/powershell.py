@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from localbuilder.communicator import CommandResult, Communicator, OutputCallback
-from localbuilder.communicator.winrm import powershell_command, ps_quote
+from localbuilder.communicator.winrs import powershell_command, ps_quote
 from localbuilder.errors import CustomizerError
 
 log = logging.getLogger("localbuilder.windows.powershell")

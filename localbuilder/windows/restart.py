@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 from collections.abc import Callable
 
 from localbuilder.communicator import CommandResult, Communicator, OutputCallback
-from localbuilder.communicator.winrm import powershell_command
+from localbuilder.communicator.winrs import powershell_command
 from localbuilder.errors import CommunicatorError, CustomizerError, Disconnected
 from localbuilder.hypervisor import Guest
+from localbuilder.template.durations import parse_duration
+from localbuilder.template.model import DEFAULT_RESTART_COMMAND, DEFAULT_RESTART_TIMEOUT_SECONDS
 
 log = logging.getLogger("localbuilder.windows.restart")
 
-DEFAULT_RESTART_COMMAND = 'shutdown /r /f /t 0 /c "packer restart"'
 TEST_COMMAND = 'shutdown /r /f /t 60 /c "packer restart test"'
 ABORT_COMMAND = "shutdown /a"
 # Packer's built-in check (DefaultRestartCheckCommand): prints "<hostname> restarted.".
@@ -50,31 +50,28 @@ STILL_GOING_DOWN = (1115, 1190, 1717)
 class RestartOptions:
     restart_command: str = DEFAULT_RESTART_COMMAND
     check_command: str = ""  # restartCheckCommand; "" = only Packer's built-in check
-    timeout: float = 300.0  # restartTimeout in seconds
+    timeout: float = float(DEFAULT_RESTART_TIMEOUT_SECONDS)  # restartTimeout in seconds
     pending_interval: float | None = None  # None: PENDING_INTERVAL
     check_interval: float | None = None  # None: CHECK_INTERVAL
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms)")
-
-
 def parse_restart_timeout(value: str) -> float:
-    """``5m`` / ``2h`` / ``1h30m`` / ``90s`` (Go durations, as Packer parses them) → seconds."""
-    text = value.strip()
-    pos = 0
-    total = 0.0
-    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    for match in _DURATION.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * scale[match.group(2)]
-        pos = match.end()
-    if not text or pos != len(text) or total <= 0:
-        raise CustomizerError(
-            f"restartTimeout {value!r} is not a duration",
-            hint="Write it like Packer/AIB do: '5m', '2h', '1h30m', '90s'.",
-        )
-    return total
+    """``5m`` / ``2h`` / ``1h30m`` / ``90s`` (Go durations, as Packer parses them) → seconds (> 0)."""
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise invalid_restart_timeout(value)
+    return float(seconds)
+
+
+def invalid_restart_timeout(value: str) -> CustomizerError:
+    """The error for a restartTimeout that is not a duration, or one of zero (which cannot be waited for)."""
+    return CustomizerError(
+        f"restartTimeout {value!r} is not a duration",
+        hint="Write it like Packer/AIB do: '5m', '2h', '1h30m', '90s'.",
+    )
 
 
 def _run(comm: Communicator, command: str, on_output: OutputCallback | None, timeout: float) -> CommandResult:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 
 from localbuilder.communicator import Communicator, OutputCallback
-from localbuilder.communicator.winrm import powershell_command
+from localbuilder.communicator.winrs import powershell_command
 from localbuilder.errors import CommunicatorError, DeprovisionError, Disconnected
 from localbuilder.hypervisor import Guest
 from localbuilder.windows.powershell import UTF8_BOM, _upload_bytes

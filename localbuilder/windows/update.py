@@ -12,12 +12,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from localbuilder.communicator import Communicator, OutputCallback
-from localbuilder.communicator.winrm import ps_quote
+from localbuilder.communicator.winrs import ps_quote
 from localbuilder.errors import CustomizerError
 from localbuilder.hypervisor import Guest
+from localbuilder.template.model import (
+    DEFAULT_UPDATE_FILTERS,
+    DEFAULT_UPDATE_LIMIT,
+    DEFAULT_UPDATE_SEARCH_CRITERIA,
+)
 from localbuilder.windows.powershell import TEMP_DIR, UTF8_BOM, _upload_bytes, run_powershell_script
 from localbuilder.windows.restart import RestartOptions, restart_windows
 from localbuilder.windows.scripts import guest_script
@@ -25,16 +30,13 @@ from localbuilder.windows.scripts import guest_script
 log = logging.getLogger("localbuilder.windows.update")
 
 EXIT_REBOOT = 101
-DEFAULT_SEARCH_CRITERIA = "BrowseOnly=0 and IsInstalled=0"
-DEFAULT_FILTERS: tuple[str, ...] = ("include:$true",)
-DEFAULT_UPDATE_LIMIT = 1000
 REMOTE_SCRIPT = f"{TEMP_DIR}\\localbuilder-windows-update.ps1"
 
 
 @dataclasses.dataclass(frozen=True)
 class UpdateOptions:
-    search_criteria: str = DEFAULT_SEARCH_CRITERIA
-    filters: tuple[str, ...] = DEFAULT_FILTERS
+    search_criteria: str = DEFAULT_UPDATE_SEARCH_CRITERIA
+    filters: tuple[str, ...] = DEFAULT_UPDATE_FILTERS
     update_limit: int = DEFAULT_UPDATE_LIMIT
     max_rounds: int = 20  # install/restart rounds before giving up (a loop that never converges)
     restart: RestartOptions = RestartOptions(timeout=3600.0)  # reboots after updates can be long
@@ -115,7 +117,3 @@ def windows_update(
 def _tail(stdout: str, stderr: str) -> str:
     text = "\n".join(t for t in (stdout.strip(), stderr.strip()) if t)
     return f"\n{text}" if text else ""
-
-
-def filters_for(values: Sequence[str]) -> tuple[str, ...]:
-    return tuple(values) or DEFAULT_FILTERS

@@ -10,6 +10,7 @@ import pytest
 
 from localbuilder.azure import readiness
 from localbuilder.azure.readiness import check_readiness, cpio_names
+from localbuilder.diskread import Ext4Reader, ReadAt, detect_filesystem, parse_partitions
 
 
 def _newc(files: dict[str, bytes]) -> bytes:
@@ -113,8 +114,6 @@ def test_debian_test_image_is_azure_ready(
     debian_image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.undo()  # the real debugfs dump, not the fake
-    from localbuilder.inspect import Ext4Reader, ReadAt, detect_filesystem, parse_partitions
-
     raw = tmp_path / "disk.raw"
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(debian_image.path), str(raw)], check=True)
     size = raw.stat().st_size

@@ -16,9 +16,10 @@ from azure.storage.blob import BlobClient
 from localbuilder.__main__ import main
 from localbuilder.azure.extents import Range
 from localbuilder.azure.pageblob import upload_vhd
-from localbuilder.azure.target import redact, resolve_target
+from localbuilder.azure.target import resolve_target
 from localbuilder.disk import to_fixed_vhd
 from localbuilder.errors import DistributeError
+from localbuilder.redact import redact
 from tests.fixtures.azurite import Azurite, make_sparse_vhd
 
 MiB = 1024 * 1024

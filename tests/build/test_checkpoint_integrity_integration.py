@@ -25,7 +25,7 @@ import pytest
 from localbuilder import checkpoints, vhd
 from localbuilder.__main__ import main
 from localbuilder.checkpoints import DISK, FileDigest
-from localbuilder.inspect import Ext4Reader, ReadAt, parse_partitions
+from localbuilder.diskread import Ext4Reader, ReadAt, parse_partitions
 from localbuilder.state import RunState
 from tests.build.mounts import localbuilder_home
 from tests.build.test_build_integration import processes_mentioning, write_template

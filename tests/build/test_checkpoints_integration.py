@@ -20,7 +20,7 @@ import pytest
 
 from localbuilder import checkpoints, vhd
 from localbuilder.__main__ import main
-from localbuilder.inspect import Ext4Reader, ReadAt, parse_partitions
+from localbuilder.diskread import Ext4Reader, ReadAt, parse_partitions
 from localbuilder.state import RunDir, RunState, iter_runs
 from tests.build.test_build_integration import home, processes_mentioning, write_template
 

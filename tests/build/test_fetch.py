@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from localbuilder.errors import FetchError
-from localbuilder.fetch import FetchRequest, fetch, fetch_all, redact
+from localbuilder.fetch import FetchRequest, fetch, fetch_all
+from localbuilder.redact import hide_query
 
 
 @pytest.fixture(autouse=True)
@@ -111,8 +112,8 @@ def test_unsupported_scheme(tmp_path: Path) -> None:
         fetch(FetchRequest("ftp://example.org/x.sh", None, "w"), base_dir=tmp_path)
 
 
-def test_redact() -> None:
+def test_query_hidden_in_messages() -> None:
     assert (
-        redact("https://a.blob.core.windows.net/c/x.sh?sv=1&sig=abc")
+        hide_query("https://a.blob.core.windows.net/c/x.sh?sv=1&sig=abc")
         == "https://a.blob.core.windows.net/c/x.sh?…"
     )

@@ -1,5 +1,5 @@
 """Build small disk images for the disk tests without root: mkfs.ext4 -d for the filesystem, and the
-MBR/GPT written here byte by byte (independently of localbuilder.inspect, which parses them)."""
+MBR/GPT written here byte by byte (independently of localbuilder.diskread, which parses them)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from localbuilder import disk
+from localbuilder import disk, diskread
 from localbuilder import inspect as ins
 from localbuilder.__main__ import main
 from localbuilder.errors import InspectionError
@@ -92,7 +92,7 @@ def _by_check(report: ins.GeneralizationReport) -> dict[str, set[ins.Status]]:
 
 def test_mbr_partitions_are_parsed_with_byte_offsets(tmp_path: Path) -> None:
     path = craft.disk_with_partitions(tmp_path / "d.raw", [(0x82, 2), (0x83, 3)], disk_mib=8)
-    parts = ins.parse_partitions(ins.ReadAt(path, path.stat().st_size), path.stat().st_size)
+    parts = diskread.parse_partitions(diskread.ReadAt(path, path.stat().st_size), path.stat().st_size)
     assert [(p.number, p.start, p.size, p.scheme, p.type) for p in parts] == [
         (1, 1 * craft.MIB, 2 * craft.MIB, "mbr", "0x82"),
         (2, 3 * craft.MIB, 3 * craft.MIB, "mbr", "0x83"),
@@ -110,7 +110,7 @@ def test_logical_partitions_follow_the_ebr_chain(tmp_path: Path) -> None:
     )
     craft.write_mbr(path, [craft.mbr_entry(0x82, 2048, 4096)], at=(2048 + 8192) * 512)
     size = path.stat().st_size
-    parts = ins.parse_partitions(ins.ReadAt(path, size), size)
+    parts = diskread.parse_partitions(diskread.ReadAt(path, size), size)
     assert [(p.number, p.start // 512, p.size // 512, p.type) for p in parts] == [
         (5, 4096, 4096, "0x83"),
         (6, 2048 + 8192 + 2048, 4096, "0x82"),
@@ -122,7 +122,7 @@ def test_gpt_partitions_are_parsed(tmp_path: Path) -> None:
         tmp_path / "g.raw", [(craft.ESP, 2, "EFI"), (craft.LINUX_ROOT_X86_64, 4, "root")], 10
     )
     size = path.stat().st_size
-    parts = ins.parse_partitions(ins.ReadAt(path, size), size)
+    parts = diskread.parse_partitions(diskread.ReadAt(path, size), size)
     assert [(p.number, p.start, p.size, p.scheme, p.type, p.name) for p in parts] == [
         (1, craft.MIB, 2 * craft.MIB, "gpt", str(craft.ESP), "EFI"),
         (2, 3 * craft.MIB, 4 * craft.MIB, "gpt", str(craft.LINUX_ROOT_X86_64), "root"),
@@ -136,7 +136,7 @@ def test_gpt_with_a_corrupted_header_is_refused(tmp_path: Path) -> None:
         f.write(b"\x07")
     size = path.stat().st_size
     with pytest.raises(InspectionError, match="GPT header checksum mismatch"):
-        ins.parse_partitions(ins.ReadAt(path, size), size)
+        diskread.parse_partitions(diskread.ReadAt(path, size), size)
 
 
 def test_mbr_partition_beyond_the_disk_is_refused(tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ def test_mbr_partition_beyond_the_disk_is_refused(tmp_path: Path) -> None:
         f.truncate(4 * craft.MIB)
     craft.write_mbr(path, [craft.mbr_entry(0x83, 2048, 1_000_000)])
     with pytest.raises(InspectionError, match="MBR partition 1 ends at byte"):
-        ins.parse_partitions(ins.ReadAt(path, 4 * craft.MIB), 4 * craft.MIB)
+        diskread.parse_partitions(diskread.ReadAt(path, 4 * craft.MIB), 4 * craft.MIB)
 
 
 def test_bare_filesystem_is_one_pseudo_partition(tmp_path: Path) -> None:
@@ -159,7 +159,7 @@ def test_bare_filesystem_is_one_pseudo_partition(tmp_path: Path) -> None:
 
 
 def test_debugfs_reader_lists_reads_and_follows_symlinks(tmp_path: Path, clean_disk: Path) -> None:
-    fs = ins.Ext4Reader(clean_disk, craft.MIB)
+    fs = diskread.Ext4Reader(clean_disk, craft.MIB)
     etc = fs.listdir("/etc")
     assert etc is not None and {"passwd", "os-release", "ssh"} <= set(etc)
     assert etc["os-release"].kind == "symlink" and etc["ssh"].kind == "dir" and etc["passwd"].kind == "file"
@@ -172,7 +172,7 @@ def test_debugfs_reader_lists_reads_and_follows_symlinks(tmp_path: Path, clean_d
 
 def test_reader_refuses_a_path_debugfs_would_misparse(tmp_path: Path) -> None:
     with pytest.raises(InspectionError, match="'\\?'"):
-        ins.Ext4Reader(tmp_path / "odd?name.raw", 0)
+        diskread.Ext4Reader(tmp_path / "odd?name.raw", 0)
 
 
 def test_filesystem_detection(tmp_path: Path) -> None:
@@ -182,10 +182,10 @@ def test_filesystem_detection(tmp_path: Path) -> None:
     xfs = b"XFSB".ljust(4096, b"\0")
     path = tmp_path / "fs.raw"
     path.write_bytes(bytes(ntfs) + xfs + bytes(8192))
-    r = ins.ReadAt(path, path.stat().st_size)
-    assert ins.detect_filesystem(r, 0) == "ntfs"
-    assert ins.detect_filesystem(r, 4096) == "xfs"
-    assert ins.detect_filesystem(r, 8192) == "unknown"
+    r = diskread.ReadAt(path, path.stat().st_size)
+    assert diskread.detect_filesystem(r, 0) == "ntfs"
+    assert diskread.detect_filesystem(r, 4096) == "xfs"
+    assert diskread.detect_filesystem(r, 8192) == "unknown"
 
 
 def test_unreplayed_journal_flag_is_detected(tmp_path: Path) -> None:
@@ -193,10 +193,10 @@ def test_unreplayed_journal_flag_is_detected(tmp_path: Path) -> None:
     struct.pack_into("<H", sb, 1024 + 56, 0xEF53)
     path = tmp_path / "sb.raw"
     path.write_bytes(bytes(sb))
-    assert not ins.ext_needs_recovery(ins.ReadAt(path, 2048), 0)
+    assert not diskread.ext_needs_recovery(diskread.ReadAt(path, 2048), 0)
     struct.pack_into("<I", sb, 1024 + 0x60, 0x4 | 0x40)
     path.write_bytes(bytes(sb))
-    assert ins.ext_needs_recovery(ins.ReadAt(path, 2048), 0)
+    assert diskread.ext_needs_recovery(diskread.ReadAt(path, 2048), 0)
 
 
 # ------------------------------------------------------------------------------------------- report

@@ -11,7 +11,7 @@ import paramiko
 import pytest
 
 from localbuilder import deprovision as dp
-from localbuilder import disk, vhd
+from localbuilder import disk, diskread, vhd
 from localbuilder import inspect as ins
 from localbuilder.deprovision import deprovision_linux
 from localbuilder.errors import Disconnected
@@ -81,7 +81,7 @@ def test_user_deprovisioning_script_replaces_ours(tmp_path: Path, debian_image: 
     status = {c.check: c.status for c in report.checks}
     # The user's script ran as root and did what it does …
     assert report.root is not None
-    marker = ins.Ext4Reader(vhd_path, report.root.start).read_text("/root/user-deprovision-ran")
+    marker = diskread.Ext4Reader(vhd_path, report.root.start).read_text("/root/user-deprovision-ran")
     assert marker == "ran as root\n"
     assert status["ssh-host-keys"] == ins.Status.passed and status["cloud-init"] == ins.Status.passed
     # … and ours did not: the build user, its key and the sudoers file are still there.

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from localbuilder import bootwatch
-from localbuilder.bootwatch import FAILURES, BootWatch, ConsoleReader, evidence, matches, redact, seed_ignored
+from localbuilder.bootwatch import FAILURES, BootWatch, ConsoleReader, evidence, matches, seed_ignored
 from localbuilder.communicator.ssh import SSHCommunicator
 from localbuilder.errors import BootFailure, HostKeyMismatch
+from localbuilder.redact import redact_line
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "console"
 
@@ -133,10 +134,10 @@ def test_seed_ignored_evidence() -> None:
 
 
 def test_redaction() -> None:
-    assert "sv=2022&sig=REDACTED" in redact("curl https://a.blob.core.windows.net/c/x?sv=2022&sig=abc%2Fdef")
-    assert redact("password=hunter2 next") == "password=REDACTED next"
-    assert "REDACTED" in redact("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.payload")
-    assert "PRIVATE KEY" not in redact("-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert "sv=2022&sig=REDACTED" in redact_line("curl https://a.blob.core.windows.net/c/x?sv=2022&sig=abc%2Fdef")
+    assert redact_line("password=hunter2 next") == "password=REDACTED next"
+    assert "REDACTED" in redact_line("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.payload")
+    assert "PRIVATE KEY" not in redact_line("-----BEGIN OPENSSH PRIVATE KEY-----")
 
 
 # ---- the reader -------------------------------------------------------------------------------------------
@@ -348,8 +349,9 @@ def test_last_line_skips_noise(rig: Rig) -> None:
 
 
 def _mismatch(serial: Path | None) -> HostKeyMismatch:
+    """The communicator's error for an unexpected host key, with the session's boot watch on ``serial``."""
     comm = object.__new__(SSHCommunicator)
-    comm.serial_log = serial
+    comm.watch = BootWatch(serial, FakeGuest(), name="lb-test", target="127.0.0.1:2222") if serial else None
     return comm._mismatch("the SSH server at 127.0.0.1:2222 presented host key ssh-ed25519 SHA256:x")
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from localbuilder.catalog import parse_version
 from localbuilder.errors import CommandError, SourceError
-from localbuilder.images import BuiltImage, debian
+from localbuilder.images import BuiltImage, debian, debian_build
 from localbuilder.images.debian import DebianRecipe, Firmware
 
 
@@ -89,7 +89,7 @@ def test_image_version_sorts_by_build_time() -> None:
 def test_build_requires_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(SourceError, match="needs root") as err:
-        debian.build_image(DebianRecipe(), tmp_path / "x.qcow2")
+        debian_build.build_image(DebianRecipe(), tmp_path / "x.qcow2")
     assert err.value.hint and "sudo" in err.value.hint
     assert list(tmp_path.iterdir()) == []
 
@@ -117,8 +117,8 @@ def test_ensure_image_reuses_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     def no_build(*args: object, **kwargs: object) -> BuiltImage:
         raise AssertionError("must not build")
 
-    monkeypatch.setattr(debian, "build_image", no_build)
-    got = debian.ensure_image(recipe, tmp_path)
+    monkeypatch.setattr(debian_build, "build_image", no_build)
+    got = debian_build.ensure_image(recipe, tmp_path)
     assert got.reused and got.path == image and got.urn == "Debian:debian-12:12:0.20260101.1"
     assert got.sha256 == "ab" * 32
     # A record for another recipe, or a file whose size changed, is not a cache hit.
@@ -140,10 +140,10 @@ def test_ensure_image_builds_once_under_the_lock(tmp_path: Path, monkeypatch: py
         assert cached is not None
         return cached
 
-    monkeypatch.setattr(debian, "build_image", slow_build)
+    monkeypatch.setattr(debian_build, "build_image", slow_build)
     results: list[BuiltImage] = []
     threads = [
-        threading.Thread(target=lambda: results.append(debian.ensure_image(recipe, tmp_path)))
+        threading.Thread(target=lambda: results.append(debian_build.ensure_image(recipe, tmp_path)))
         for _ in range(3)
     ]
     for t in threads:
@@ -157,7 +157,7 @@ def test_ensure_image_builds_once_under_the_lock(tmp_path: Path, monkeypatch: py
 def test_stream_reports_the_tail_on_failure() -> None:
     lines: list[str] = []
     with pytest.raises(CommandError) as err:
-        debian._stream(["sh", "-c", "echo one; echo two >&2; exit 3"], lines.append)
+        debian_build._stream(["sh", "-c", "echo one; echo two >&2; exit 3"], lines.append)
     assert lines == ["one", "two"]
     assert err.value.returncode == 3 and "two" in err.value.stderr_tail
 
@@ -169,7 +169,7 @@ def test_stream_stops_the_child_on_interrupt(tmp_path: Path) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        debian._stream(["sh", "-c", f"echo $$ > {pidfile}; echo go; sleep 60"], on_line)
+        debian_build._stream(["sh", "-c", f"echo $$ > {pidfile}; echo go; sleep 60"], on_line)
     pid = int(pidfile.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
@@ -199,28 +199,28 @@ def test_teardown_leaves_no_mount_or_loop(
         def interrupted(root: Path, *cmd: str) -> str:
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(debian, "_chroot", interrupted)
+        monkeypatch.setattr(debian_build, "_chroot", interrupted)
     seen: dict[str, object] = {}
     recipe = DebianRecipe(size_bytes=1024**3)
     host_dev = sorted(os.listdir("/dev"))
     expected = KeyboardInterrupt if failure == "interrupt" else CommandError
     with pytest.raises(expected):
-        with debian._scratch_area(None, recipe.size_bytes) as work:
+        with debian_build._scratch_area(None, recipe.size_bytes) as work:
             seen["work"] = work
 
-            real_install = debian._install_bootloader
+            real_install = debian_build._install_bootloader
 
             def spy(mnt: Path, loop: str, part: str, uuid: str) -> None:
                 seen["loop"] = loop
-                seen["mounts"] = debian._mounts_under(work)
+                seen["mounts"] = debian_build._mounts_under(work)
                 real_install(mnt, loop, part, uuid)
 
-            monkeypatch.setattr(debian, "_install_bootloader", spy)
-            debian._make_disk(recipe, tree, work / "disk.raw", work / "mnt")
+            monkeypatch.setattr(debian_build, "_install_bootloader", spy)
+            debian_build._make_disk(recipe, tree, work / "disk.raw", work / "mnt")
     work = seen["work"]
     assert isinstance(work, Path)
     assert len(seen["mounts"]) >= 2  # type: ignore[arg-type]  # the ext4 partition (+ tmpfs) were mounted
-    assert debian._mounts_under(work) == []
+    assert debian_build._mounts_under(work) == []
     assert not work.exists()
     assert str(seen["loop"]).startswith("/dev/loop")
     assert str(work) not in subprocess.run(["losetup", "--list"], capture_output=True, text=True).stdout
@@ -233,7 +233,7 @@ def test_bad_mirror_fails_cleanly(tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     with pytest.raises(SourceError, match="debootstrap of bookworm") as err:
-        debian.build_image(recipe, tmp_path / "out" / "x.qcow2", scratch=scratch)
+        debian_build.build_image(recipe, tmp_path / "out" / "x.qcow2", scratch=scratch)
     assert err.value.hint and "--mirror" in err.value.hint
     assert not (tmp_path / "out" / "x.qcow2").exists()
     assert list(scratch.iterdir()) == []
@@ -244,7 +244,7 @@ def test_partition_layout(tmp_path: Path, firmware: Firmware) -> None:
     raw = tmp_path / "disk.raw"
     with open(raw, "wb") as fh:
         fh.truncate(2 * 1024**3)
-    layout = debian._GPT_LAYOUT if firmware is Firmware.uefi else debian._MBR_LAYOUT
+    layout = debian_build._GPT_LAYOUT if firmware is Firmware.uefi else debian_build._MBR_LAYOUT
     subprocess.run(["sfdisk", "--quiet", str(raw)], input=layout, text=True, check=True)
     table = json.loads(
         subprocess.run(["sfdisk", "--json", str(raw)], capture_output=True, text=True, check=True).stdout

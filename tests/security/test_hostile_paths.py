@@ -366,7 +366,7 @@ def test_unknown_home_directory_is_a_clear_error(tmp_path: Path, monkeypatch: py
 def test_powershell_literals_double_every_quote_character() -> None:
     """Windows destinations go into PowerShell single-quoted literals; PowerShell also takes U+2018–U+201B
     for a single quote (about_Quoting_Rules), so each of them must be doubled like ``'``."""
-    from localbuilder.communicator.winrm import ps_quote
+    from localbuilder.communicator.winrs import ps_quote
 
     text = "c:\\it’s ‘x’ ‚y‛ 'z'; $(Remove-Item c:\\) `n"
     quoted = ps_quote(text)

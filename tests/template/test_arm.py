@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from localbuilder.template import arm
-from localbuilder.template.arm import DeploymentContext, ExpressionError, Scope
+from localbuilder.template.arm import DeploymentContext, Scope
+from localbuilder.template.arm_syntax import ExpressionError
+from localbuilder.template.arm_values import dotnet_format
 
 NOW = dt.datetime(2025, 11, 26, 10, 38, 7, 123456, tzinfo=dt.UTC)
 
@@ -228,7 +229,7 @@ def test_format_split_index_resource_id() -> None:  # kkamegawa: galleyImageVers
     ],
 )
 def test_dotnet_format(fmt: str, args: list[Any], expected: str) -> None:
-    assert arm.dotnet_format(fmt, args) == expected
+    assert dotnet_format(fmt, args) == expected
 
 
 @pytest.mark.parametrize(
@@ -236,7 +237,7 @@ def test_dotnet_format(fmt: str, args: list[Any], expected: str) -> None:
 )
 def test_dotnet_format_errors(fmt: str, fragment: str) -> None:
     with pytest.raises(ExpressionError, match=fragment):
-        arm.dotnet_format(fmt, ["a"])
+        dotnet_format(fmt, ["a"])
 
 
 def test_guid_substring_format() -> None:  # nataliakon: templateIdentityName default

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 
 from localbuilder.errors import TemplateError
 from localbuilder.template.findings import Finding, Severity
-from localbuilder.template.load import find_placeholders, load_document, load_documents, parse_set, set_path
+from localbuilder.template.load import load_document, load_documents
+from localbuilder.template.overrides import parse_set, set_path
+from localbuilder.template.placeholders import find_placeholders
 
 SCHEMA = "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#"
 PARAMS_SCHEMA = "https://schema.management.azure.com/schemas/2019-04-01/deploymentParameters.json#"

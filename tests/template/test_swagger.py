@@ -15,6 +15,7 @@ import pytest
 
 from localbuilder.template import model as m
 from localbuilder.template import versions as v
+from localbuilder.template.validate_rules import RUN_OUTPUT_NAME
 
 VERSIONS = ["2020-02-14", "2025-10-01"]
 
@@ -251,8 +252,6 @@ def test_table_enums_match(swagger_dir: Path, version: str) -> None:
 
 
 def test_run_output_name_pattern_is_the_swaggers(swagger_dir: Path) -> None:
-    from localbuilder.template.validate import RUN_OUTPUT_NAME
-
     for version in VERSIONS:
         prop = load(swagger_dir, version)["definitions"]["ImageTemplateDistributor"]["properties"][
             "runOutputName"

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from localbuilder.template import model as m
+from localbuilder.template.durations import parse_duration
 from localbuilder.template.findings import Finding, PathPart, Severity, ValidationResult
-from localbuilder.template.validate import parse_duration, validate_body
+from localbuilder.template.validate import validate_body
 
 IDENTITY = {
     "type": "UserAssigned",
@@ -444,7 +445,11 @@ def test_restart_defaults_and_parsed_timeout() -> None:
     [("5m", 300), ("2h", 7200), ("300s", 300), ("1.5h", 5400), ("90", None), ("", None), ("m5", None)],
 )
 def test_parse_duration(text: str, seconds: int | None) -> None:
-    assert parse_duration(text) == seconds
+    if seconds is None:
+        with pytest.raises(ValueError, match="is not a duration"):
+            parse_duration(text)
+    else:
+        assert parse_duration(text) == seconds
 
 
 def test_update_limit_not_negative() -> None:

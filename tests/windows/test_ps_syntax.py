@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from localbuilder.communicator.winrm import download_script, upload_script
+from localbuilder.communicator.winrs import download_script, upload_script
 from localbuilder.windows.powershell import elevated_launcher, plain_wrapper, task_runner
 from localbuilder.windows.restart import BOOT_TIME_SCRIPT, CHECK_SCRIPT
 from localbuilder.windows.scripts import guest_script

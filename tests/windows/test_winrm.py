@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from localbuilder.communicator.winrm import WinRMCommunicator, powershell_command
+from localbuilder.communicator.winrm import WinRMCommunicator
+from localbuilder.communicator.winrs import powershell_command
 from localbuilder.errors import CommunicatorError, CommunicatorTimeout, Disconnected, HostKeyMismatch
 from tests.windows.guest_model import WindowsGuest
 from tests.windows.helpers import PASSWORD, connect
