@@ -91,7 +91,7 @@ class AcceleratorError(BackendError):
 
 
 class BootFailure(BackendError):
-    """A booting guest will never answer: the boot watch (``localbuilder.bootwatch``) recognized why."""
+    """A booting guest will never answer: the boot watch (``localbuilder.guest.bootwatch``) recognized why."""
 
 
 class CheckpointError(BackendError):

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from localbuilder import validators
-from localbuilder.bootwatch import DEFAULT_BOOT_TIMEOUT
 from localbuilder.build.checkpointing import Checkpointing, chain_for
 from localbuilder.build.failures import FailurePolicy, StepFailure
 from localbuilder.build.interrupts import Interrupts
@@ -51,6 +50,7 @@ from localbuilder.errors import (
     LocalBuilderError,
 )
 from localbuilder.guest import BootedGuest, GuestRequest, Platform, SourceImage
+from localbuilder.guest.bootwatch import DEFAULT_BOOT_TIMEOUT
 from localbuilder.log import add_file_handler, complete_step, format_duration, remove_handler
 from localbuilder.recovery import release_short_workdirs
 from localbuilder.runlog import CustomizationLog, phase_table

@@ -17,7 +17,7 @@ So the communicator
   ``sshtransport``).
 
 This module is the communicator itself: the wait for a guest, commands, files. ``WaitWatch`` is the hook
-through which a watch over the booting guest (``localbuilder.bootwatch``) takes part in the wait.
+through which a watch over the booting guest (``localbuilder.guest.bootwatch``) takes part in the wait.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ WaitProgress = Callable[[float, str], None]
 
 
 class WaitWatch(Protocol):
-    """Watches the guest while wait_ready() polls (``localbuilder.bootwatch.BootWatch``): ``begin()`` when
+    """Watches the guest while wait_ready() polls (``guest.bootwatch.BootWatch``): ``begin()`` when
     a wait starts, ``check()`` on every attempt; ``check`` raises when the guest will never answer.
 
     The watch knows the guest's console, the communicator does not: ``explain_host_key`` lets it say why

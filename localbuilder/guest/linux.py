@@ -30,11 +30,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from localbuilder.bootwatch import BootWatch
 from localbuilder.checkpoints import LiveState
 from localbuilder.communicator.ssh import SSHCommunicator
 from localbuilder.errors import BackendError, CommunicatorError
 from localbuilder.guest import RunCommand, lifetime
+from localbuilder.guest.bootwatch import BootWatch
 from localbuilder.hypervisor import Checkpointable, Guest, Hypervisor
 from localbuilder.hypervisor.backends import get_backend
 from localbuilder.hypervisor.probe import timeout_scale

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from localbuilder.bootwatch import DEFAULT_BOOT_TIMEOUT
 from localbuilder.build import Build, BuildOptions
 from localbuilder.cli import build_parser
 from localbuilder.errors import UsageError
+from localbuilder.guest.bootwatch import DEFAULT_BOOT_TIMEOUT
 from localbuilder.invocation import Invocation
 from localbuilder.template import model
 from tests.build.fakes import FakePlatform

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from localbuilder import bootwatch
-from localbuilder.bootwatch import FAILURES, BootWatch, ConsoleReader, evidence, matches, seed_ignored
 from localbuilder.communicator.ssh import SSHCommunicator
 from localbuilder.errors import BootFailure, HostKeyMismatch
+from localbuilder.guest import bootwatch
+from localbuilder.guest.bootwatch import FAILURES, BootWatch, ConsoleReader, evidence, matches, seed_ignored
 from localbuilder.redact import redact_line
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "console"

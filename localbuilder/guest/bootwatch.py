@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from localbuilder.errors import BootFailure, HostKeyMismatch
+from localbuilder.hypervisor import HasLifecycleEvents, HasPid, HasStatus, HasStderr
 from localbuilder.redact import redact_line
 
-log = logging.getLogger("localbuilder.bootwatch")
+log = logging.getLogger("localbuilder.guest.bootwatch")
 
 # How long a build waits for a booting guest to answer SSH unless --boot-timeout says otherwise: AIB's (and
 # Packer's) 20 minutes. The watch names a guest that will never answer long before that.
@@ -489,11 +490,10 @@ class BootWatch:
             return 0
 
     def _events(self) -> list[dict[str, Any]]:
-        events = getattr(self.guest, "lifecycle_events", None)
-        if events is None:
+        if not isinstance(self.guest, HasLifecycleEvents):
             return []
         try:
-            return list(events())
+            return list(self.guest.lifecycle_events())
         except Exception:
             return []
 
@@ -514,9 +514,9 @@ class BootWatch:
                 title = "the guest's kernel panicked (reported to the hypervisor)"
                 hint = "The console lines above show the panic."
             else:
-                stderr = getattr(self.guest, "stderr_tail", None)
-                detail = f" ({stderr(5)})" if callable(stderr) and stderr(5) else ""
-                gone = "its qemu process exited" if hasattr(self.guest, "proc") else "its domain is gone"
+                stderr = self.guest.stderr_tail(5) if isinstance(self.guest, HasStderr) else ""
+                detail = f" ({stderr})" if stderr else ""
+                gone = "its qemu process exited" if isinstance(self.guest, HasPid) else "its domain is gone"
                 title = f"the guest stopped while booting: {gone}{detail}"
                 hint = ("qemu exited without a guest power-off: killed from outside (OOM killer, a user), "
                         "or an emulation error (see qemu.stderr / libvirt's log for the domain).")
@@ -549,11 +549,10 @@ class BootWatch:
             )
 
     def _status(self) -> str:
-        status = getattr(self.guest, "status", None)
-        if status is None:
+        if not isinstance(self.guest, HasStatus):
             return "running"
         try:
-            return str(status())
+            return str(self.guest.status())
         except Exception:
             return "running"
 
