@@ -14,13 +14,13 @@ import urllib.parse
 from pathlib import Path
 
 from localbuilder import invocation, parallel, paths, room
-from localbuilder.build import Build, BuildOptions, exit_code
 from localbuilder.distributors import AzureOptions
 from localbuilder.errors import LocalBuilderError, TemplateError, UsageError
 from localbuilder.guest import Platform, SourceImage
 from localbuilder.guest.bootwatch import DEFAULT_BOOT_TIMEOUT
 from localbuilder.guest.local import LocalPlatform
 from localbuilder.invocation import Invocation
+from localbuilder.orchestrator import Build, BuildOptions, exit_code
 from localbuilder.recovery import recover_and_warn
 from localbuilder.redact import redact, strip_query
 from localbuilder.room import Need

@@ -5,7 +5,7 @@ Plugins register themselves by their exact AIB type name (STYLE §5)::
     class Shell(Customizer, type_name="Shell"):
         def apply(self, ctx: StepContext) -> None: ...
 
-The orchestrator (``localbuilder.build``) builds a ``StepContext`` per step and calls ``apply``. A step
+The orchestrator (``localbuilder.orchestrator``) builds a ``StepContext`` per step and calls ``apply``. A step
 that fails raises ``StepFailed`` (exit code + output tail) or another ``CustomizerError``; anything the
 guest prints goes through ``ctx.run(..)`` so it lands in ``customization.log`` with timestamps. The same
 classes run ``validate.inVMValidations`` (AIB validators share the customizer schema for Shell,

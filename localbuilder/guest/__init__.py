@@ -1,17 +1,17 @@
 """Booting and talking to guests: what the build orchestrator asks of the machinery, and the machinery.
 
-The orchestrator (``localbuilder.build``) talks only to the ``Platform`` protocol and the records below,
-so its unit tests run on fakes (``tests/build/fakes.py``). The modules of this package implement it:
+The orchestrator (``localbuilder.orchestrator``) talks only to the ``Platform`` protocol and the records
+below, so its unit tests run on fakes (``tests/build/fakes.py``). The modules of this package implement
+it:
 
     local.py      LocalPlatform: the real Platform (catalog, guests, checkpoints, deprovision, conversion)
     linux.py      linux_guest(): a Linux guest over SSH (NoCloud seed, cloud-init wait)
     windows.py    windows_guest(): a Windows guest over WinRM (first-boot media, pinned certificate)
     lifetime.py   what both share: the overlay, a start on a free port, the power-off and clean-up
     bootwatch.py  boot diagnostics: names a guest that will never answer, in seconds
-    room.py       room for a checkpoint beside the conversion that follows it
     timed.py      TimedGuest: times the power-off part of deprovision
 
-Dependencies run one way: ``build → guest → (communicator, hypervisor, checkpoints, deprovision,
+Dependencies run one way: ``orchestrator → guest → (communicator, hypervisor, checkpoints, deprovision,
 windows, quiesce …)``; nothing below imports this package.
 """
 

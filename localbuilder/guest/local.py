@@ -1,7 +1,7 @@
 """``LocalPlatform``, the real ``guest.Platform``: the image catalog, guest sessions on this host's
 QEMU or libvirt, checkpoints, deprovision, qemu-img conversion, offline inspection.
 
-The orchestrator (``localbuilder.build``) talks only to the ``Platform`` protocol so its unit tests run
+The orchestrator (``localbuilder.orchestrator``) talks only to the ``Platform`` protocol so its unit tests run
 on fakes; this module wires the protocol to the modules that do the work.
 """
 

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
-from localbuilder.build import Build, BuildOptions, exit_code
 from localbuilder.distributors import AzureOptions, DistributeContext, distributor_for
 from localbuilder.distributors.azure_image import DRY_RUN_NOTE
 from localbuilder.guest import SourceImage
+from localbuilder.orchestrator import Build, BuildOptions, exit_code
 from localbuilder.state import RunState
 from localbuilder.template import model
 from tests.azure.test_compute import (

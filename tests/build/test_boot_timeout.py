@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from localbuilder.build import Build, BuildOptions
 from localbuilder.cli import build_parser
 from localbuilder.errors import UsageError
 from localbuilder.guest.bootwatch import DEFAULT_BOOT_TIMEOUT
 from localbuilder.invocation import Invocation
+from localbuilder.orchestrator import Build, BuildOptions
 from localbuilder.template import model
 from tests.build.fakes import FakePlatform
 

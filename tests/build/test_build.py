@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from localbuilder.build import Build, BuildOptions, exit_code
 from localbuilder.communicator.fake import FakeCall, FakeCommunicator, FakeReply
 from localbuilder.customizers.shell import INLINE_SHEBANG, STARTED_MARKER
 from localbuilder.distributors import NOT_UPLOADED
+from localbuilder.orchestrator import Build, BuildOptions, exit_code
 from localbuilder.state import RunDir, RunRecord, RunState, RunSubState
 from localbuilder.template import model
 from localbuilder.template.model import OnBuildError

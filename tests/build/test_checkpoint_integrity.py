@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from localbuilder import quiesce
-from localbuilder.build.chain import BuildChain
 from localbuilder.checkpoints import DISK, CheckpointCache, EntryMeta, FileDigest, chain_keys
 from localbuilder.communicator.fake import FakeCommunicator, FakeReply
 from localbuilder.errors import CheckpointError, CheckpointMismatch
+from localbuilder.orchestrator.chain import BuildChain
 from localbuilder.state import RunState
 from tests.build.fakes import FakePlatform
 from tests.build.mounts import tmpfs

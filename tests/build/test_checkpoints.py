@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from localbuilder import checkpoints
-from localbuilder.build import INVOCATION_FILE, Build, BuildOptions
-from localbuilder.build.chain import BuildChain
 from localbuilder.checkpoints import CheckpointCache, EntryMeta, Holder, chain_keys
 from localbuilder.communicator.fake import FakeCommunicator, FakeReply
 from localbuilder.errors import UsageError
+from localbuilder.orchestrator import INVOCATION_FILE, Build, BuildOptions
+from localbuilder.orchestrator.chain import BuildChain
 from localbuilder.state import RunDir, RunRecord, RunState
 from localbuilder.template import model
 from tests.build.fakes import FakePlatform

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 
 from localbuilder.__main__ import main
-from localbuilder.build import Build, BuildOptions
 from localbuilder.communicator.fake import FakeCommunicator
 from localbuilder.errors import Canceled, DistributeError, InspectionError
 from localbuilder.guest import Inspection
+from localbuilder.orchestrator import Build, BuildOptions
 from localbuilder.state import KeptGuest, RunDir, RunRecord, RunState
 from localbuilder.template import model
 from localbuilder.template.model import OnBuildError
@@ -261,7 +261,7 @@ def test_resume_keeps_the_start_time(tmp_path: Path, monkeypatch: pytest.MonkeyP
     first = run_build(tpl, platform, tmp_path)
     assert first.run_state is RunState.Failed and first.resume_times == ()
     run_path = tmp_path / "home" / "runs" / "hello" / first.run_id
-    monkeypatch.setattr("localbuilder.build.rundir.now_iso", lambda: "2099-01-01T00:00:00Z")
+    monkeypatch.setattr("localbuilder.orchestrator.rundir.now_iso", lambda: "2099-01-01T00:00:00Z")
     again = run_build(tpl, FakePlatform(tmp_path), tmp_path, resume_run=run_path)
     assert again.run_state is RunState.Succeeded
     assert again.last_run_status.start_time == first.last_run_status.start_time

@@ -23,10 +23,10 @@ import pytest
 
 from localbuilder import parallel
 from localbuilder.__main__ import main
-from localbuilder.build import BuildOptions
 from localbuilder.cli import build_parser
 from localbuilder.commands import build as build_cmd
 from localbuilder.invocation import Invocation
+from localbuilder.orchestrator import BuildOptions
 from localbuilder.state import LastRunStatus, RunDir, RunRecord, RunState, RunSubState, iter_runs, now_iso
 from tests.build.test_build_integration import write_template
 
@@ -313,7 +313,7 @@ def test_exit_codes(states: list[tuple[str, int]], canceled: bool, code: int) ->
 
 
 class RecordingBuild:
-    """Stands in for ``localbuilder.build.Build``: records its arguments, ends in a chosen state."""
+    """Stands in for ``localbuilder.orchestrator.Build``: records its arguments, ends in a chosen state."""
 
     calls: list[dict[str, Any]] = []
     state = RunState.Succeeded

@@ -32,8 +32,8 @@ from typing import Any
 
 import pytest
 
-from localbuilder.build import Build, BuildOptions
 from localbuilder.guest.local import LocalPlatform
+from localbuilder.orchestrator import Build, BuildOptions
 from localbuilder.recovery import is_guest_process, recover_stale_runs
 from localbuilder.state import RunDir, RunRecord, RunState, iter_runs
 from localbuilder.template import parse_template

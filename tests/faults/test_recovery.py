@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from localbuilder import recovery
-from localbuilder.build import Build, BuildOptions
+from localbuilder.orchestrator import Build, BuildOptions
 from localbuilder.state import (
     ActiveGuest,
     KeptGuest,

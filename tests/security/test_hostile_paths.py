@@ -30,7 +30,6 @@ from typing import Any
 import pytest
 
 from localbuilder.__main__ import main
-from localbuilder.build import Build, BuildOptions
 from localbuilder.communicator import CommandResult, OutputCallback
 from localbuilder.communicator.fake import FakeCommunicator
 from localbuilder.communicator.output import StreamTail
@@ -38,6 +37,7 @@ from localbuilder.customizers import StepContext, StepFailed
 from localbuilder.customizers.file import File
 from localbuilder.customizers.shell import Shell
 from localbuilder.errors import CustomizerError
+from localbuilder.orchestrator import Build, BuildOptions
 from localbuilder.run import run
 from localbuilder.state import RunState
 from localbuilder.template import model

@@ -30,8 +30,8 @@ import pytest
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
 from localbuilder.__main__ import main
-from localbuilder.build import Build, BuildOptions
 from localbuilder.disk import to_fixed_vhd
+from localbuilder.orchestrator import Build, BuildOptions
 from localbuilder.redact import hide_query, redact, redact_line, strip_query
 from localbuilder.state import RunState, iter_runs
 from localbuilder.template import parse_template

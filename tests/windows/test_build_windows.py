@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from localbuilder.build import Build, BuildOptions
 from localbuilder.guest import BootedGuest, DeprovisionOutcome, GuestRequest, Inspection, SourceImage
+from localbuilder.orchestrator import Build, BuildOptions
 from localbuilder.state import RunState
 from localbuilder.template import parse_template
 from localbuilder.template.load import load_documents

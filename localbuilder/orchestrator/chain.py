@@ -2,7 +2,7 @@
 deepest entry that proves sound to start from, and saving new entries as the steps succeed.
 
 The cache itself (entries, digests, locks, pruning) is ``localbuilder.checkpoints``; what the build logs
-and pins around the chain is ``build.checkpointing``.
+and pins around the chain is ``orchestrator.checkpointing``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from localbuilder import pins
-from localbuilder.build.chain import BuildChain
 from localbuilder.checkpoints import (
     MAX_SIZE_ENV,
     CheckpointCache,
@@ -28,6 +27,7 @@ from localbuilder.customizers import customizer_for
 from localbuilder.errors import BuildTimeout, Canceled, LocalBuilderError
 from localbuilder.guest import BootedGuest, Platform, SourceImage
 from localbuilder.log import complete_step
+from localbuilder.orchestrator.chain import BuildChain
 from localbuilder.runlog import CustomizationLog
 from localbuilder.state import RunRecord
 from localbuilder.template import model

@@ -11,8 +11,8 @@
                  or from the source with sourceValidationOnly
     Distributing each distribute[] target independently
 
-``buildTimeoutInMinutes`` bounds the whole run (``build.interrupts``); a failed step meets the
-failure policy (``build.failures``); the checkpoint cache is ``build.checkpointing``.
+``buildTimeoutInMinutes`` bounds the whole run (``orchestrator.interrupts``); a failed step meets the
+failure policy (``orchestrator.failures``); the checkpoint cache is ``orchestrator.checkpointing``.
 
 The guest and disk services are injected through ``guest.Platform`` so the whole flow runs in unit tests
 on ``FakeHypervisor`` + ``FakeCommunicator``; ``guest.local.LocalPlatform`` is the real one.
@@ -30,11 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from localbuilder import validators
-from localbuilder.build.checkpointing import Checkpointing, chain_for
-from localbuilder.build.failures import FailurePolicy, StepFailure
-from localbuilder.build.interrupts import Interrupts
-from localbuilder.build.prepare import fetch_inputs, preflight
-from localbuilder.build.rundir import guest_workdir, reopen
 from localbuilder.checkpoints import Entry
 from localbuilder.customizers import Customizer, StepContext, customizer_for
 from localbuilder.distributors import AzureOptions, DistributeContext, distributor_for
@@ -52,6 +47,11 @@ from localbuilder.errors import (
 from localbuilder.guest import BootedGuest, GuestRequest, Platform, SourceImage
 from localbuilder.guest.bootwatch import DEFAULT_BOOT_TIMEOUT
 from localbuilder.log import add_file_handler, complete_step, format_duration, remove_handler
+from localbuilder.orchestrator.checkpointing import Checkpointing, chain_for
+from localbuilder.orchestrator.failures import FailurePolicy, StepFailure
+from localbuilder.orchestrator.interrupts import Interrupts
+from localbuilder.orchestrator.prepare import fetch_inputs, preflight
+from localbuilder.orchestrator.rundir import guest_workdir, reopen
 from localbuilder.recovery import release_short_workdirs
 from localbuilder.runlog import CustomizationLog, phase_table
 from localbuilder.state import (
