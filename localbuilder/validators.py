@@ -16,12 +16,12 @@ from typing import Any
 
 from localbuilder.customizers import Customizer, customizer_for, step_type
 from localbuilder.errors import CustomizerError
-from localbuilder.template.model import ValidatorType
+from localbuilder.template.model import Validator, ValidatorType
 
 SECTION = "validate.inVMValidations"
 
 
-def validator_for(step: Any) -> Customizer:
+def validator_for(step: Validator) -> Customizer[Any]:
     name = step_type(step)
     if name not in set(ValidatorType):
         raise CustomizerError(

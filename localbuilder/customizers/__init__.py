@@ -26,11 +26,12 @@ import pkgutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from localbuilder.communicator import CommandResult, Communicator, OutputCallback
 from localbuilder.errors import BuildTimeout, CommunicatorError, CommunicatorTimeout, CustomizerError
 from localbuilder.hypervisor import Guest
+from localbuilder.template import model
 from localbuilder.template.model import OsType
 
 log = logging.getLogger("localbuilder.customizers")
@@ -201,7 +202,10 @@ class StepContext:
             self.after_reboot(self)
 
 
-class Customizer(abc.ABC):
+StepT = TypeVar("StepT", bound=model.Customizer)
+
+
+class Customizer(abc.ABC, Generic[StepT]):
     """Base class of every customizer; subclasses register with ``type_name="<AIB type>"``.
 
     ``step`` is the frozen model object from ``localbuilder.template.model`` (ShellCustomizer,
@@ -209,7 +213,7 @@ class Customizer(abc.ABC):
     orchestrator refuses others before booting.
     """
 
-    registry: ClassVar[dict[str, type[Customizer]]] = {}
+    registry: ClassVar[dict[str, type[Customizer[Any]]]] = {}
     type_name: ClassVar[str] = ""
     supported_os: ClassVar[frozenset[OsType]] = frozenset({OsType.linux, OsType.windows})
 
@@ -221,12 +225,12 @@ class Customizer(abc.ABC):
             cls.type_name = type_name
             Customizer.registry[type_name] = cls
 
-    def __init__(self, step: Any) -> None:
+    def __init__(self, step: StepT) -> None:
         self.step = step
 
     @property
     def name(self) -> str:
-        return str(getattr(self.step, "name", "") or "")
+        return self.step.name
 
     def describe(self, index: int, section: str = "customize") -> str:
         """``customize[2] Shell 'install-nginx'`` — how steps are named everywhere."""
@@ -261,17 +265,17 @@ def _load_plugins() -> None:
     _loaded = True
 
 
-def registered_types() -> dict[str, type[Customizer]]:
+def registered_types() -> dict[str, type[Customizer[Any]]]:
     _load_plugins()
     return dict(Customizer.registry)
 
 
-def step_type(step: Any) -> str:
+def step_type(step: model.Customizer) -> str:
     """The AIB type string of a model step (``step.type`` is a StrEnum spelled as AIB spells it)."""
-    return str(getattr(step, "type", type(step).__name__))
+    return str(step.type)
 
 
-def customizer_for(step: Any) -> Customizer:
+def customizer_for(step: model.Customizer) -> Customizer[Any]:
     types = registered_types()
     name = step_type(step)
     cls = types.get(name)

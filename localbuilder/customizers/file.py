@@ -19,6 +19,7 @@ from pathlib import Path
 from localbuilder.customizers import Customizer, StepContext, StepFailed
 from localbuilder.errors import CommunicatorError, CustomizerError
 from localbuilder.redact import hide_query as redact
+from localbuilder.template import model
 from localbuilder.template.model import OsType
 from localbuilder.windows.files import upload_file
 
@@ -30,7 +31,7 @@ def destination_allowed(destination: str, *, allow_any: bool) -> bool:
     return allow_any or (normal.startswith(LINUX_ALLOWED_PREFIX) and normal != "/tmp")
 
 
-class File(Customizer, type_name="File"):
+class File(Customizer[model.FileCustomizer], type_name="File"):
     def preflight(self, os: OsType, *, allow_any_destination: bool, where: str) -> None:
         super().preflight(os, allow_any_destination=allow_any_destination, where=where)
         dst = self.step.destination

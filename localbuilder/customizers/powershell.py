@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from localbuilder.customizers import Customizer, StepContext, StepFailed
+from localbuilder.template import model
 from localbuilder.template.model import OsType
 from localbuilder.windows.powershell import inline_script, run_powershell_script
 
@@ -25,7 +26,7 @@ PWSH_MISSING = 127
 PWSH_MISSING_MARKER = "__localbuilder_no_pwsh"
 
 
-class PowerShell(Customizer, type_name="PowerShell"):
+class PowerShell(Customizer[model.PowerShellCustomizer], type_name="PowerShell"):
     supported_os = frozenset({OsType.windows, OsType.linux})
 
     def apply(self, ctx: StepContext) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from localbuilder.communicator import CommandResult
 from localbuilder.customizers import Customizer, StepContext, StepFailed
 from localbuilder.errors import CustomizerError, Disconnected
+from localbuilder.template import model
 from localbuilder.template.model import OsType
 
 log = logging.getLogger("localbuilder.customizers.shell")
@@ -68,7 +69,7 @@ def exec_command(remote: str, *, as_root: bool, has_shebang: bool) -> str:
     )
 
 
-class Shell(Customizer, type_name="Shell"):
+class Shell(Customizer[model.ShellCustomizer], type_name="Shell"):
     supported_os = frozenset({OsType.linux})
 
     def apply(self, ctx: StepContext) -> None:

@@ -7,11 +7,12 @@ defaults and parsed ``restartTimeout`` (``5m``, ``2h``, ``1h30m``) into ``restar
 from __future__ import annotations
 
 from localbuilder.customizers import Customizer, StepContext
+from localbuilder.template import model
 from localbuilder.template.model import OsType
 from localbuilder.windows.restart import RestartOptions, invalid_restart_timeout, restart_windows
 
 
-class WindowsRestart(Customizer, type_name="WindowsRestart"):
+class WindowsRestart(Customizer[model.WindowsRestartCustomizer], type_name="WindowsRestart"):
     supported_os = frozenset({OsType.windows})
 
     def apply(self, ctx: StepContext) -> None:

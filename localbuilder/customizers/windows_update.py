@@ -6,11 +6,12 @@ The template validator has resolved the step's defaults (searchCriteria, filters
 from __future__ import annotations
 
 from localbuilder.customizers import Customizer, StepContext
+from localbuilder.template import model
 from localbuilder.template.model import OsType
 from localbuilder.windows.update import UpdateOptions, windows_update
 
 
-class WindowsUpdate(Customizer, type_name="WindowsUpdate"):
+class WindowsUpdate(Customizer[model.WindowsUpdateCustomizer], type_name="WindowsUpdate"):
     supported_os = frozenset({OsType.windows})
 
     def apply(self, ctx: StepContext) -> None:

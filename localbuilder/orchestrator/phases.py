@@ -497,17 +497,17 @@ class Build:
     def _run_steps(
         self,
         section: str,
-        steps: Sequence[Any],
+        steps: Sequence[model.Customizer],
         booted: BootedGuest,
         policy: FailurePolicy,
-        factory: Callable[[Any], Customizer] = customizer_for,
+        factory: Callable[[Any], Customizer[Any]] = customizer_for,
         *,
         first: int = 0,
         on_success: Callable[[int], None] | None = None,
     ) -> None:
         for index, step in enumerate(steps):
             if index < first:
-                continue  # restored from a checkpoint (see _note_restored)
+                continue  # restored from a checkpoint (Checkpointing.note_restored)
             self.interrupts.check()
             customizer = factory(step)
             title = customizer.describe(index, section)
