@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from localbuilder.errors import TemplateError, UsageError
+from localbuilder.redact import strip_query
 from localbuilder.template import jsonc
 
 SCHEMA_VERSION = 1
@@ -68,10 +69,8 @@ class Invocation:
     def as_dict(self) -> dict[str, Any]:
         """The redacted record written to invocation.json (no SAS, no secure parameter value)."""
         staging, dropped = self.staging, self.staging_sas_redacted
-        if staging is not None:
-            parts = urllib.parse.urlsplit(staging)
-            if parts.query:
-                staging, dropped = urllib.parse.urlunsplit(parts._replace(query="", fragment="")), True
+        if staging is not None and urllib.parse.urlsplit(staging).query:
+            staging, dropped = strip_query(staging), True
         secure = set(self.redacted_params)
         sets = [(_set_path(text), text) for text in self.sets]
         redacted_sets = set(self.redacted_sets) | {path for path, text in sets if _secret_value(text)}

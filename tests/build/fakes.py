@@ -1,4 +1,4 @@
-"""A fake ``build.Platform`` on FakeHypervisor + FakeCommunicator, recording what the build asked for."""
+"""A fake ``guest.Platform`` on FakeHypervisor + FakeCommunicator, recording what the build asked for."""
 
 from __future__ import annotations
 
