@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import shlex
-from typing import Literal, cast
+from typing import Literal, TypeVar, cast
 
 from localbuilder.azure.compute import (
     Compute,
@@ -26,11 +26,15 @@ from localbuilder.azure.compute import (
 from localbuilder.distributors import NOT_UPLOADED, DistributeContext, Distributor, _azure, place
 from localbuilder.errors import DistributeError
 from localbuilder.state import RunOutput
+from localbuilder.template.model import ManagedImageDistributor, SharedImageDistributor
 
 DRY_RUN_NOTE = "dry run (--dry-run-azure): the az commands were printed; nothing was created in Azure"
 
 
-class _AzureImage(Distributor):
+AzureTargetT = TypeVar("AzureTargetT", bound=ManagedImageDistributor | SharedImageDistributor)
+
+
+class _AzureImage(Distributor[AzureTargetT]):
     kind: Literal["image", "gallery-image"] = "image"
     field = "imageId"
 
@@ -110,7 +114,7 @@ def _default_compute(subscription: str) -> Compute:
     return SdkCompute(DefaultAzureCredential(), subscription)
 
 
-class ManagedImage(_AzureImage, type_name="ManagedImage"):
+class ManagedImage(_AzureImage[ManagedImageDistributor], type_name="ManagedImage"):
     kind = "image"
     field = "imageId"
 
@@ -129,7 +133,7 @@ class ManagedImage(_AzureImage, type_name="ManagedImage"):
         return compute.create_image(plan)
 
 
-class SharedImage(_AzureImage, type_name="SharedImage"):
+class SharedImage(_AzureImage[SharedImageDistributor], type_name="SharedImage"):
     kind = "gallery-image"
     field = "galleryImageId"
 
