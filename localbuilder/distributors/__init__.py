@@ -59,7 +59,7 @@ class DistributeContext:
     run_id: str
     template_name: str
     azure: AzureOptions = AzureOptions()
-    os_type: str = "Linux"  # Linux | Windows (Azure's osType spelling)
+    os_type: model.OsType = model.OsType.linux  # of the source image
     generation: str = "V1"  # Hyper-V generation of the source image (catalog): V1 | V2
     source_version: str | None = None  # the source image's version (versioning scheme "Source")
 

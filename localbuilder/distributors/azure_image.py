@@ -22,6 +22,7 @@ from localbuilder.azure.compute import (
     ImagePlan,
     SdkCompute,
     TargetRegion,
+    azure_os_type,
 )
 from localbuilder.distributors import NOT_UPLOADED, DistributeContext, Distributor, _azure, place
 from localbuilder.errors import DistributeError
@@ -126,7 +127,7 @@ class ManagedImage(_AzureImage[ManagedImageDistributor], type_name="ManagedImage
             image_id=self.resource_id(),
             location=str(self.target.location),
             blob_url=blob_url,
-            os_type=cast(Literal["Linux", "Windows"], ctx.os_type),
+            os_type=azure_os_type(ctx.os_type),
             generation=cast(Literal["V1", "V2"], ctx.generation),
             tags=dict(self.target.artifact_tags),
         )
