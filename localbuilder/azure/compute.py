@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from localbuilder.errors import DistributeError
+from localbuilder.template.model import OsType
 
 log = logging.getLogger("localbuilder.azure.compute")
 
@@ -82,6 +83,14 @@ class TargetRegion:
     storage_account_type: str | None = None
 
 
+AzureOsType = Literal["Linux", "Windows"]
+
+
+def azure_os_type(os: OsType) -> AzureOsType:
+    """The guest OS family as the Compute API spells ``osType`` (and ``az --os-type``)."""
+    return "Windows" if os is OsType.windows else "Linux"
+
+
 @dataclasses.dataclass(frozen=True)
 class ImagePlan:
     """A managed image to create from a VHD blob."""
@@ -89,7 +98,7 @@ class ImagePlan:
     image_id: str
     location: str
     blob_url: str  # without SAS
-    os_type: Literal["Linux", "Windows"] = "Linux"
+    os_type: AzureOsType = "Linux"
     generation: Literal["V1", "V2"] = "V1"
     tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
 

@@ -20,11 +20,12 @@ import os
 import pkgutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from localbuilder.errors import CommandError, DistributeError
 from localbuilder.run import run
 from localbuilder.state import RunOutput
+from localbuilder.template import model
 
 if TYPE_CHECKING:
     from localbuilder.azure.compute import Compute
@@ -58,13 +59,19 @@ class DistributeContext:
     run_id: str
     template_name: str
     azure: AzureOptions = AzureOptions()
-    os_type: str = "Linux"  # Linux | Windows (Azure's osType spelling)
+    os_type: model.OsType = model.OsType.linux  # of the source image
     generation: str = "V1"  # Hyper-V generation of the source image (catalog): V1 | V2
     source_version: str | None = None  # the source image's version (versioning scheme "Source")
 
 
-class Distributor(abc.ABC):
-    registry: ClassVar[dict[str, type[Distributor]]] = {}
+# The model class of the ``distribute[]`` target a distributor handles (model.VhdDistributor, …).
+TargetT = TypeVar("TargetT", bound=model.Distributor)
+
+
+class Distributor(abc.ABC, Generic[TargetT]):
+    """Handles one ``distribute[]`` target: its model object is ``target``, typed per subclass."""
+
+    registry: ClassVar[dict[str, type[Distributor[Any]]]] = {}
     type_name: ClassVar[str] = ""
 
     def __init_subclass__(cls, *, type_name: str | None = None, **kwargs: Any) -> None:
@@ -73,7 +80,7 @@ class Distributor(abc.ABC):
             cls.type_name = type_name
             Distributor.registry[type_name] = cls
 
-    def __init__(self, target: Any) -> None:
+    def __init__(self, target: TargetT) -> None:
         self.target = target
 
     @property
@@ -160,7 +167,7 @@ def os_error(exc: OSError, dst: Path) -> DistributeError:
 _loaded = False
 
 
-def distributor_for(target: Any) -> Distributor:
+def distributor_for(target: model.Distributor) -> Distributor[Any]:
     global _loaded
     if not _loaded:
         for info in pkgutil.iter_modules(__path__):

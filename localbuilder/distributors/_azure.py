@@ -15,6 +15,7 @@ from localbuilder.azure.target import BlobTarget, resolve_target
 from localbuilder.distributors import DistributeContext
 from localbuilder.errors import DistributeError, LocalBuilderError
 from localbuilder.redact import redact, strip_query
+from localbuilder.template.model import OsType
 
 log = logging.getLogger("localbuilder.distributors.azure")
 
@@ -28,7 +29,7 @@ def readiness_warnings(ctx: DistributeContext, vhd: Path) -> list[str]:
     Every target's VHD is a hard link to (or copy of) the run's one VHD: the check runs once per file
     identity, so three Azure targets do not print the same warnings three times.
     """
-    if ctx.os_type != "Linux":
+    if ctx.os_type is not OsType.linux:
         return []
     st = vhd.stat()
     key = (st.st_dev, st.st_ino, st.st_mtime_ns)

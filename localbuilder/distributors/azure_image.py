@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import shlex
-from typing import Literal, cast
+from typing import Literal, TypeVar, cast
 
 from localbuilder.azure.compute import (
     Compute,
@@ -22,15 +22,20 @@ from localbuilder.azure.compute import (
     ImagePlan,
     SdkCompute,
     TargetRegion,
+    azure_os_type,
 )
 from localbuilder.distributors import NOT_UPLOADED, DistributeContext, Distributor, _azure, place
 from localbuilder.errors import DistributeError
 from localbuilder.state import RunOutput
+from localbuilder.template.model import ManagedImageDistributor, SharedImageDistributor
 
 DRY_RUN_NOTE = "dry run (--dry-run-azure): the az commands were printed; nothing was created in Azure"
 
 
-class _AzureImage(Distributor):
+AzureTargetT = TypeVar("AzureTargetT", bound=ManagedImageDistributor | SharedImageDistributor)
+
+
+class _AzureImage(Distributor[AzureTargetT]):
     kind: Literal["image", "gallery-image"] = "image"
     field = "imageId"
 
@@ -110,7 +115,7 @@ def _default_compute(subscription: str) -> Compute:
     return SdkCompute(DefaultAzureCredential(), subscription)
 
 
-class ManagedImage(_AzureImage, type_name="ManagedImage"):
+class ManagedImage(_AzureImage[ManagedImageDistributor], type_name="ManagedImage"):
     kind = "image"
     field = "imageId"
 
@@ -122,14 +127,14 @@ class ManagedImage(_AzureImage, type_name="ManagedImage"):
             image_id=self.resource_id(),
             location=str(self.target.location),
             blob_url=blob_url,
-            os_type=cast(Literal["Linux", "Windows"], ctx.os_type),
+            os_type=azure_os_type(ctx.os_type),
             generation=cast(Literal["V1", "V2"], ctx.generation),
             tags=dict(self.target.artifact_tags),
         )
         return compute.create_image(plan)
 
 
-class SharedImage(_AzureImage, type_name="SharedImage"):
+class SharedImage(_AzureImage[SharedImageDistributor], type_name="SharedImage"):
     kind = "gallery-image"
     field = "galleryImageId"
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 from localbuilder.distributors import DistributeContext, Distributor, place
 from localbuilder.distributors._azure import upload
 from localbuilder.state import RunOutput
+from localbuilder.template.model import VhdDistributor
 
 
-class Vhd(Distributor, type_name="VHD"):
+class Vhd(Distributor[VhdDistributor], type_name="VHD"):
     def distribute(self, ctx: DistributeContext) -> RunOutput:
         dst = self.output_path(ctx)
         place(ctx.vhd, dst, force=ctx.force)  # every OSError in it is a DistributeError already
         artifact_uri = dst.absolute().as_uri()
-        uri = getattr(self.target, "uri", None)
+        uri = self.target.uri
         if uri:
             artifact_uri = upload(ctx, dst, uri, f"VHD '{self.run_output_name}' uri")
         return RunOutput(
