@@ -12,7 +12,7 @@ import pkgutil
 from types import ModuleType
 
 from localbuilder import __version__, commands
-from localbuilder.errors import UsageError
+from localbuilder.commands import Parser
 
 
 def verb_modules() -> list[ModuleType]:
@@ -24,13 +24,6 @@ def verb_modules() -> list[ModuleType]:
         if hasattr(mod, "NAME") and hasattr(mod, "run"):
             mods.append(mod)
     return mods
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that raises instead of exiting, so main() maps usage errors to exit 2 uniformly."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}", hint=f"See '{self.prog} --help'.")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,6 +37,7 @@ from localbuilder.diskread import (
 from localbuilder.errors import CommandError, InspectionError
 from localbuilder.quiesce import MARKER_DIR
 from localbuilder.run import run
+from localbuilder.template.model import OsType
 
 log = logging.getLogger("localbuilder.inspect")
 
@@ -81,7 +82,7 @@ class GeneralizationReport:
     partitions: tuple[Partition, ...]
     root: Partition | None
     filesystem: str
-    os: str  # "linux", "windows" or "unknown"
+    os: OsType | None  # None: not recognised ("unknown" in the report)
     os_name: str  # PRETTY_NAME from os-release, when read
     inspected: bool  # False: the checks could not run (Windows, XFS, …); see ``reason``
     reason: str
@@ -116,7 +117,7 @@ class GeneralizationReport:
             "partitions": [p.as_dict() for p in self.partitions],
             "root": self.root.as_dict() if self.root else None,
             "filesystem": self.filesystem,
-            "os": self.os,
+            "os": str(self.os) if self.os is not None else "unknown",
             "os_name": self.os_name,
             "inspected": self.inspected,
             "reason": self.reason,
@@ -460,7 +461,7 @@ def inspect_image(
         log.debug("partitions of %s: %s", path, [(p.number, p.type, fs_of[p.number]) for p in parts])
         report = GeneralizationReport(
             image=str(path), image_format=fmt, disk_size=disk_size, partitions=tuple(parts), root=None,
-            filesystem="", os="unknown", os_name="", inspected=False, reason="", build_user=build_user,
+            filesystem="", os=None, os_name="", inspected=False, reason="", build_user=build_user,
             checks=(), tmp_leftovers=(), authorized_keys=(),
         )  # fmt: skip
         root = _find_root(fs_of, parts, raw)
@@ -468,7 +469,7 @@ def inspect_image(
             if {"ntfs", "bitlocker"} & set(fs_of.values()):
                 return dataclasses.replace(
                     report,
-                    os="windows",
+                    os=OsType.windows,
                     reason="Windows (NTFS) image: offline inspection is Linux-only for now",
                 )
             seen = ", ".join(f"{p.number}: {fs_of[p.number]}" for p in parts) or "none"
@@ -507,6 +508,7 @@ def inspect_image(
             if tmp else CheckResult("tmp", Status.passed, "/tmp is empty")
         )  # fmt: skip
         return dataclasses.replace(
-            report, root=root, filesystem=fs_of[root.number], os="linux", os_name=m.group(1) if m else "",
+            report, root=root, filesystem=fs_of[root.number], os=OsType.linux,
+            os_name=m.group(1) if m else "",
             inspected=True, checks=tuple(checks), tmp_leftovers=tuple(tmp), authorized_keys=tuple(keys),
         )  # fmt: skip

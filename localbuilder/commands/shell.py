@@ -29,7 +29,7 @@ import paramiko
 
 from localbuilder import paths
 from localbuilder.catalog import Catalog, classify_id
-from localbuilder.cli import Parser
+from localbuilder.commands import Parser
 from localbuilder.diskformat import detect_format
 from localbuilder.errors import CatalogError, CommunicatorError, UsageError
 from localbuilder.guest.linux import LinuxGuest, linux_guest

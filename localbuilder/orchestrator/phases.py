@@ -562,7 +562,7 @@ class Build:
             run_id=self.run.run_id,
             template_name=self.template.name,
             azure=self.options.azure,
-            os_type="Windows" if self.os is OsType.windows else "Linux",
+            os_type=self.os,
             generation="V2" if self.source_image is not None and self.source_image.uefi else "V1",
             source_version=getattr(self.template.source, "version", None),
         )
