@@ -13,26 +13,17 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from localbuilder.template import jsonc
 from localbuilder.template.arm_syntax import ExpressionError
 
 _MAX_FORMAT_WIDTH = 1000  # .NET alignment and precision in format(): '{0,20}', '{0:D8}'
 
 
 def type_name(value: Any) -> str:
-    """ARM's name of the type of a JSON value (``int``, ``array`` …), for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
+    """ARM's name of the type of a JSON value (``int``, ``bool``, ``array`` …), for messages: JSON's kind
+    (``jsonc.kind``) with ARM's spelling of booleans."""
+    kind = jsonc.kind(value)
+    return "bool" if kind == "boolean" else kind
 
 
 def to_string(value: Any) -> str:

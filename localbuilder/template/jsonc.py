@@ -111,7 +111,9 @@ def kind(value: Any) -> str:
         return "null"
     if isinstance(value, int):
         return "int"
-    return "number"
+    if isinstance(value, float):
+        return "number"
+    return "object"  # what ARM calls any other value its functions hand back
 
 
 def load_file(path: Path) -> ParsedJson:

@@ -15,6 +15,7 @@ import difflib
 from collections.abc import Sequence
 from typing import Any
 
+from localbuilder.template import jsonc
 from localbuilder.template import versions as v
 from localbuilder.template.findings import JsonPath, Reporter, Severity, ValidationResult, quote
 
@@ -29,21 +30,16 @@ _WHAT = {
 }
 
 
+# How a message names each JSON kind (``jsonc.kind``): ints and fractions are both "a number" to a user.
+_PHRASES = {"null": "null", "boolean": "a boolean", "int": "a number", "number": "a number",
+            "string": "a string", "array": "an array", "object": "an object"}
+
+
 def type_phrase(value: object) -> str:
     """How a message names the JSON type of ``value``: ``a boolean``, ``an array``, ``null`` …"""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    if value is not None and not isinstance(value, bool | int | float | str | list | dict):
+        return type(value).__name__
+    return _PHRASES[jsonc.kind(value)]
 
 
 class _Invalid:
