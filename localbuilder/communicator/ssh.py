@@ -364,8 +364,11 @@ class SSHCommunicator:
         transport = self._live_transport(f"run {short(command)!r}")
         what = f"starting {short(command)!r}"
         try:
+            # paramiko's own bound is twice the watchdog's: a guest that does not answer is named by the
+            # watchdog ("stopped answering"), not by paramiko's bare "Timeout opening channel", which won
+            # the race on a loaded host when both had the same bound.
             with watchdog(transport, self.liveness_timeout, target=self.target, what=what):
-                return transport, transport.open_session(timeout=self.liveness_timeout)
+                return transport, transport.open_session(timeout=2 * self.liveness_timeout)
         except paramiko.ChannelException as exc:
             raise CommunicatorError(
                 f"the guest at {self.target} refused a new session: {exc}",
@@ -469,7 +472,7 @@ class SSHCommunicator:
         # ourselves and bound every SFTP read with io_timeout instead.
         try:
             with watchdog(transport, self.liveness_timeout, target=self.target, what="starting SFTP"):
-                chan = transport.open_session(timeout=self.liveness_timeout)
+                chan = transport.open_session(timeout=2 * self.liveness_timeout)  # see _session
                 chan.settimeout(self.io_timeout)
                 chan.invoke_subsystem("sftp")
                 self._sftp = paramiko.SFTPClient(chan)
