@@ -301,6 +301,7 @@ class LocalPlatform:
                 cpus=shape.cpus,
                 memory_mib=max(shape.memory_mib, 2048),
                 network=network,
+                libvirt_uri=self.libvirt_uri if self.backend == "libvirt" else None,
             ) as booted:
                 yield booted
             return

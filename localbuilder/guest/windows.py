@@ -32,7 +32,7 @@ from localbuilder.communicator.winrm import Transport, WinRMCommunicator
 from localbuilder.errors import BackendError
 from localbuilder.guest import BootedGuest, DeprovisionOutcome, GuestRequest, lifetime
 from localbuilder.guest.timed import TimedGuest
-from localbuilder.hypervisor import Guest, Hypervisor
+from localbuilder.hypervisor import Guest, HasPid, Hypervisor
 from localbuilder.hypervisor.probe import timeout_scale
 from localbuilder.hypervisor.spec import Accel, DeviceSet, Firmware, GuestSpec, NetworkMode, PortForward
 from localbuilder.log import complete_step
@@ -158,8 +158,10 @@ def boot_for_build(
     cpus: int = 2,
     memory_mib: int = 4096,
     network: NetworkMode = NetworkMode.restricted,
+    libvirt_uri: str | None = None,
 ) -> Iterator[BootedGuest]:
-    """``Platform.boot`` for a Windows source: ``windows_guest`` as a ``BootedGuest``."""
+    """``Platform.boot`` for a Windows source: ``windows_guest`` as a ``BootedGuest`` (``libvirt_uri``:
+    where the domain lives, recorded for recovery)."""
     request.workdir.mkdir(parents=True, exist_ok=True)
     with windows_guest(
         request.image.path,
@@ -185,6 +187,8 @@ def boot_for_build(
             overlay_format="qcow2",
             serial_log=wg.serial_log,
             backend=hypervisor.name,
+            pid=wg.guest.pid if isinstance(wg.guest, HasPid) else None,
+            libvirt_uri=libvirt_uri,
         )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from localbuilder.guest import BootedGuest, DeprovisionOutcome, GuestRequest, Inspection, SourceImage
+from localbuilder.hypervisor.fake import FakeGuest
 from localbuilder.orchestrator import Build, BuildOptions
 from localbuilder.state import RunState
 from localbuilder.template import parse_template
@@ -149,6 +150,7 @@ class FakeHypervisorPlatform:
         self.tmp = tmp
         self.models: list[ModelledGuest] = []
         self.servers: list[WSManServer] = []
+        self.booted: list[BootedGuest] = []
         self.hv = FakeHypervisor(script=self._boot)
 
     def _boot(self, spec: Any) -> Any:
@@ -169,6 +171,7 @@ class FakeHypervisorPlatform:
 
         with boot_for_build(request, hypervisor=self.hv, accel=Accel.kvm) as booted:
             self.models[-1].fake_guest = booted.guest
+            self.booted.append(booted)
             yield booted
 
     def deprovision(self, booted: BootedGuest, *, timeout: float) -> DeprovisionOutcome:
@@ -224,10 +227,14 @@ def test_windows_boot_path_through_build(corpus_dir: Path, tmp_path: Path, monke
     template, _ = parse_template(loaded[0])
     assert template is not None
     platform = FakeHypervisorPlatform(base, tmp_path)
+    # A guest that is a host process (direct qemu: HasPid) is recorded with its pid, so that recovery
+    # finds a SIGKILLed build's Windows guest as it finds a Linux one.
+    monkeypatch.setattr(FakeGuest, "pid", property(lambda self: 4242), raising=False)
     try:
         options = BuildOptions(runs_root=tmp_path / "runs", output_dir=tmp_path / "out", interactive=False)
         record = Build(template, corpus_dir / TEMPLATE, platform, options).execute()
         assert record.run_state is RunState.Succeeded, record
+        assert [b.pid for b in platform.booted] == [4242] and platform.booted[0].libvirt_uri is None
         model = platform.models[0]
         assert model.events[-3:] == ["upload c:\\deprovisioningscript.ps1", "sysprep", "power off"]
         # WindowsRestart + two update rounds, as the "hypervisor" counted them
