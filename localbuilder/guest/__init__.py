@@ -102,8 +102,11 @@ class DeprovisionOutcome:
 
 @dataclasses.dataclass(frozen=True)
 class Inspection:
-    problems: tuple[str, ...]  # findings that mean "not generalized"
+    problems: tuple[str, ...]  # checks that ran and failed: the image is not generalized
     report: dict[str, Any]
+    # Checks that could not run (no offline reader for this filesystem yet): said, never a failure — a
+    # VHD is not thrown away for what localbuilder cannot read.
+    warnings: tuple[str, ...] = ()
 
 
 class Platform(Protocol):

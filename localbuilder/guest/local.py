@@ -397,8 +397,6 @@ class LocalPlatform:
 
     def inspect(self, vhd: Path, build_user: str) -> Inspection:
         report = inspect_image(vhd, build_user=build_user)
-        problems: list[str] = []
-        if not report.inspected:
-            problems.append(f"not inspected: {report.reason}")
-        problems += [f"{c.check}: {c.message}" for c in report.failures]
-        return Inspection(problems=tuple(problems), report=report.as_dict())
+        problems = tuple(f"{c.check}: {c.message}" for c in report.failures)
+        warnings = () if report.inspected else (f"not inspected: {report.reason}",)
+        return Inspection(problems=problems, report=report.as_dict(), warnings=warnings)

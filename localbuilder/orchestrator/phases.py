@@ -394,6 +394,11 @@ class Build:
         with complete_step("Inspecting the image offline"), self._phase("inspection"):
             result = self.platform.inspect(vhd, booted.user)
         (self.run.path / "generalization.json").write_text(json.dumps(result.report, indent=2) + "\n")
+        for warning in result.warnings:
+            # A check that could not run is no verdict: the VHD stays (docs/vhd.md says what is read).
+            log.warning("the output image was not checked offline for generalization (%s); the image is kept",
+                        warning)
+            self.clog.event(f"offline inspection: {warning}")
         if result.problems:
             text = "\n".join(f"  - {p}" for p in result.problems)
             if self.user_deprovision:
