@@ -404,16 +404,15 @@ def _as_raw(path: Path) -> Iterator[tuple[Path, int, str]]:
     if not path.is_file():
         raise InspectionError(f"image not found: {path}", hint="Check the path.")
     size = path.stat().st_size
-    if size >= vhd.FOOTER_SIZE:
-        footer = vhd.read_footer(path)
-        if footer.cookie == vhd.COOKIE and footer.disk_type == vhd.DiskType.fixed:
-            if footer.current_size + vhd.FOOTER_SIZE > size:
-                raise InspectionError(
-                    f"{path}: the VHD footer says {footer.current_size} bytes but the file has only {size}",
-                    hint="The VHD is truncated; convert it again.",
-                )
-            yield path, footer.current_size, "vhd"
-            return
+    footer = vhd.fixed_vhd_footer(path)
+    if footer is not None:
+        if footer.current_size + vhd.FOOTER_SIZE > size:
+            raise InspectionError(
+                f"{path}: the VHD footer says {footer.current_size} bytes but the file has only {size}",
+                hint="The VHD is truncated; convert it again.",
+            )
+        yield path, footer.current_size, "vhd"
+        return
     with open(path, "rb") as f:
         magic = f.read(8)
     fmt = next((name for m, name in QEMU_MAGIC.items() if magic.startswith(m)), None)

@@ -189,6 +189,16 @@ def read_footer(path: Path) -> VhdFooter:
     return parse_footer(raw)
 
 
+def fixed_vhd_footer(path: Path) -> VhdFooter | None:
+    """The footer of ``path`` when it is a fixed VHD (the raw disk, then the footer), else None: a raw
+    image, another format, or a file too small to be a VHD."""
+    try:
+        footer = read_footer(path)
+    except ConversionError:
+        return None
+    return footer if footer.cookie == COOKIE and footer.disk_type == DiskType.fixed else None
+
+
 def _size(n: int) -> str:
     return f"{n} bytes ({n / GIB:.3f} GiB)"
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, cast
 
+from localbuilder import vhd
 from localbuilder.diskread import Ext4Reader, ReadAt, detect_filesystem, parse_partitions
 from localbuilder.errors import CommandError, InspectionError
 from localbuilder.run import run
@@ -188,11 +189,8 @@ def open_root(image: Path) -> Reader | None:
     place at the partition's offset: no conversion, no copy. The root is the first ext partition that
     holds ``/etc/passwd`` (a separate ``/boot`` is ext too, but has no ``/etc``).
     """
-    size = image.stat().st_size
-    with open(image, "rb") as fh:
-        fh.seek(max(0, size - 512))
-        tail = fh.read(512)
-    disk_size = size - 512 if tail[:8] == b"conectix" else size
+    footer = vhd.fixed_vhd_footer(image)
+    disk_size = footer.current_size if footer is not None else image.stat().st_size
     read_at = ReadAt(image, disk_size)
     for part in parse_partitions(read_at, disk_size):
         if detect_filesystem(read_at, part.start).startswith("ext"):
