@@ -22,6 +22,7 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
+from localbuilder.catalog import Generation
 from localbuilder.errors import DistributeError
 from localbuilder.template.model import OsType
 
@@ -99,7 +100,7 @@ class ImagePlan:
     location: str
     blob_url: str  # without SAS
     os_type: AzureOsType = "Linux"
-    generation: Literal["V1", "V2"] = "V1"
+    generation: Generation = Generation.V1
     tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def body(self) -> dict[str, Any]:
@@ -107,7 +108,7 @@ class ImagePlan:
             "location": self.location,
             "tags": dict(self.tags),
             "properties": {
-                "hyperVGeneration": self.generation,
+                "hyperVGeneration": str(self.generation),
                 "storageProfile": {
                     "osDisk": {
                         "osType": self.os_type,
@@ -129,7 +130,7 @@ class ImagePlan:
             "--location", self.location,
             "--source", self.blob_url,
             "--os-type", self.os_type,
-            "--hyper-v-generation", self.generation,
+            "--hyper-v-generation", str(self.generation),
             *(["--tags", *[f"{k}={v}" for k, v in sorted(self.tags.items())]] if self.tags else []),
         ]  # fmt: skip
         return [cmd]

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+from localbuilder.catalog import Generation
 from localbuilder.errors import CommandError, DistributeError
 from localbuilder.run import run
 from localbuilder.state import RunOutput
@@ -60,7 +61,7 @@ class DistributeContext:
     template_name: str
     azure: AzureOptions = AzureOptions()
     os_type: model.OsType = model.OsType.linux  # of the source image
-    generation: str = "V1"  # Hyper-V generation of the source image (catalog): V1 | V2
+    generation: Generation = Generation.V1  # Hyper-V generation of the source image (catalog)
     source_version: str | None = None  # the source image's version (versioning scheme "Source")
 
 

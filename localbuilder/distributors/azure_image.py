@@ -128,7 +128,7 @@ class ManagedImage(_AzureImage[ManagedImageDistributor], type_name="ManagedImage
             location=str(self.target.location),
             blob_url=blob_url,
             os_type=azure_os_type(ctx.os_type),
-            generation=cast(Literal["V1", "V2"], ctx.generation),
+            generation=ctx.generation,
             tags=dict(self.target.artifact_tags),
         )
         return compute.create_image(plan)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from localbuilder import validators
+from localbuilder.catalog import Generation
 from localbuilder.checkpoints import Entry
 from localbuilder.customizers import Customizer, StepContext, customizer_for
 from localbuilder.distributors import AzureOptions, DistributeContext, distributor_for
@@ -568,7 +569,7 @@ class Build:
             template_name=self.template.name,
             azure=self.options.azure,
             os_type=self.os,
-            generation="V2" if self.source_image is not None and self.source_image.uefi else "V1",
+            generation=Generation.V2 if self.source_image and self.source_image.uefi else Generation.V1,
             source_version=getattr(self.template.source, "version", None),
         )
 
