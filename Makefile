@@ -37,7 +37,7 @@ demo: setup
 	@bash examples/demo.sh
 
 test: setup services
-	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider --durations=30 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -p no:cacheprovider -m "not integration" $(PYTEST_ARGS)
