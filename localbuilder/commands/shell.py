@@ -32,6 +32,7 @@ from localbuilder.catalog import Catalog, classify_id
 from localbuilder.commands import Parser
 from localbuilder.diskformat import detect_format
 from localbuilder.errors import CatalogError, CommunicatorError, UsageError
+from localbuilder.guest.bootwatch import DEFAULT_BOOT_TIMEOUT
 from localbuilder.guest.linux import LinuxGuest, linux_guest
 from localbuilder.hypervisor import BACKENDS
 from localbuilder.hypervisor.probe import resolve_accel
@@ -63,8 +64,8 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
                         help=f"Azure VM size for vCPUs/memory, capped to this host (default {DEFAULT_SIZE})")
     parser.add_argument("--network", action="store_true",
                         help="give the guest outbound network access (default: isolated, SSH forward only)")
-    parser.add_argument("--boot-timeout", type=float, default=1200, metavar="SECONDS",
-                        help="how long to wait for SSH (default 1200, AIB's 20 minutes)")
+    parser.add_argument("--boot-timeout", type=float, default=DEFAULT_BOOT_TIMEOUT, metavar="SECONDS",
+                        help=f"how long to wait for SSH (default {DEFAULT_BOOT_TIMEOUT}, AIB's 20 minutes)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

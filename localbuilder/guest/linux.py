@@ -34,7 +34,7 @@ from localbuilder.checkpoints import LiveState
 from localbuilder.communicator.ssh import SSHCommunicator
 from localbuilder.errors import BackendError, CommunicatorError
 from localbuilder.guest import RunCommand, lifetime
-from localbuilder.guest.bootwatch import BootWatch
+from localbuilder.guest.bootwatch import DEFAULT_BOOT_TIMEOUT, BootWatch
 from localbuilder.hypervisor import Checkpointable, Guest, Hypervisor
 from localbuilder.hypervisor.backends import get_backend
 from localbuilder.hypervisor.probe import timeout_scale
@@ -118,7 +118,7 @@ def linux_guest(
     disk_size_bytes: int | None = None,
     network: NetworkMode = NetworkMode.restricted,
     libvirt_uri: str | None = None,
-    boot_timeout: float = 1200,
+    boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
     firmware: Firmware = Firmware.bios,
     keep: bool = False,
     keep_overlay: bool = False,
