@@ -31,10 +31,3 @@ def mock_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mo
         return calls
 
     yield make
-
-
-@pytest.fixture
-def lb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "lbhome"
-    monkeypatch.setenv("LOCALBUILDER_HOME", str(home))
-    return home

@@ -7,13 +7,6 @@ import pytest
 
 
 @pytest.fixture
-def lb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("LOCALBUILDER_HOME", str(home))
-    return home
-
-
-@pytest.fixture
 def make_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
     """make_disk(name, fmt="qcow2", size_mib=8, data=b"") → a small real image made by qemu-img."""
 
