@@ -80,6 +80,7 @@ class GeneralizationReport:
     image_format: str  # "vhd", "raw", or what qemu-img converted from ("qcow2", …)
     disk_size: int
     partitions: tuple[Partition, ...]
+    filesystems: tuple[str, ...]  # of each partition, by its superblock (``diskread.detect_filesystem``)
     root: Partition | None
     filesystem: str
     os: OsType | None  # None: not recognised ("unknown" in the report)
@@ -114,7 +115,10 @@ class GeneralizationReport:
             "image": self.image,
             "image_format": self.image_format,
             "disk_size": self.disk_size,
-            "partitions": [p.as_dict() for p in self.partitions],
+            "partitions": [
+                {**p.as_dict(), "filesystem": fs}
+                for p, fs in zip(self.partitions, self.filesystems, strict=True)
+            ],
             "root": self.root.as_dict() if self.root else None,
             "filesystem": self.filesystem,
             "os": str(self.os) if self.os is not None else "unknown",
@@ -128,9 +132,22 @@ class GeneralizationReport:
             "authorized_keys": list(self.authorized_keys),
         }
 
+    def layout(self) -> list[str]:
+        """The disk as found: partition table, each partition's filesystem, which one is the root."""
+        scheme = self.partitions[0].scheme if self.partitions else "none"
+        lines = [f"layout: {'no partition table' if scheme == 'none' else scheme.upper()}, "
+                 f"{len(self.partitions)} partition{'s' if len(self.partitions) != 1 else ''}"]
+        for part, fs in zip(self.partitions, self.filesystems, strict=True):
+            size = f"{part.size / vhd.GIB:.1f} GiB" if part.size >= vhd.GIB else f"{part.size // vhd.MIB} MiB"
+            label = f" {part.name!r}" if part.name else ""
+            mark = "  <- root" if self.root is not None and part.number == self.root.number else ""
+            lines.append(f"  {part.number:>2}  {size:>9}  {fs:<9}  type {part.type}{label}{mark}")
+        return lines
+
     def render(self) -> str:
         """The human-readable report."""
         lines = [f"image: {self.image} ({self.image_format}, {self.disk_size / vhd.GIB:.2f} GiB)"]
+        lines += self.layout()
         if self.root:
             lines.append(
                 f"root: partition {self.root.number} ({self.filesystem}, offset {self.root.start}, "
@@ -459,7 +476,8 @@ def inspect_image(
         fs_of = {p.number: detect_filesystem(read_at, p.start) for p in parts}
         log.debug("partitions of %s: %s", path, [(p.number, p.type, fs_of[p.number]) for p in parts])
         report = GeneralizationReport(
-            image=str(path), image_format=fmt, disk_size=disk_size, partitions=tuple(parts), root=None,
+            image=str(path), image_format=fmt, disk_size=disk_size, partitions=tuple(parts),
+            filesystems=tuple(fs_of[p.number] for p in parts), root=None,
             filesystem="", os=None, os_name="", inspected=False, reason="", build_user=build_user,
             checks=(), tmp_leftovers=(), authorized_keys=(),
         )  # fmt: skip

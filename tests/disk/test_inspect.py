@@ -350,3 +350,24 @@ def test_a_left_checkpoint_marker_fails_the_image(tmp_path: Path, clean_disk: Pa
     failed = [c for c in report.failures if c.check == "localbuilder-state"]
     assert len(failed) == 1 and failed[0].paths == ("/var/lib/localbuilder",)
     assert not report.generalized
+
+
+def test_the_report_shows_the_layout_it_found(clean_disk: Path) -> None:
+    report = ins.inspect_image(clean_disk, build_user="lbuser")
+    lines = report.render().splitlines()
+    assert lines[1] == "layout: MBR, 1 partition"
+    assert lines[2].split() == ["1", "8", "MiB", "ext4", "type", "0x83", "<-", "root"]
+    assert report.as_dict()["partitions"][0]["filesystem"] == "ext4"  # type: ignore[index]
+
+
+def test_the_layout_names_gpt_partitions_and_every_filesystem(tmp_path: Path) -> None:
+    path = craft.gpt_disk(
+        tmp_path / "g.raw", [(craft.ESP, 2, "EFI"), (craft.LINUX_ROOT_X86_64, 4, "root")], 10
+    )
+    with open(path, "r+b") as f:
+        f.seek(3 * craft.MIB)  # partition 2
+        f.write(b"XFSB")
+    text = ins.inspect_image(path).render()
+    assert "layout: GPT, 2 partitions" in text
+    assert "'EFI'" in text and "'root'" in text and " xfs " in text
+    assert "<- root" not in text  # no root that offline inspection can read: none is marked
