@@ -3,6 +3,7 @@
     phases.py         Build: the phases (Queued, Building, Customizing, Optimizing, Validating,
                       Distributing) and the run record they write
     prepare.py        the Queued phase: preflight checks of every step and target, inputs fetched
+    distribute.py     the Distributing phase: each target on its own
     rundir.py         --resume's reopened run directory, the guests' work directories
     interrupts.py     buildTimeoutInMinutes and `localbuilder cancel` as interrupts of the main thread
     failures.py       errorHandling / --on-error: clean up, keep the guest, or ask

@@ -33,7 +33,7 @@ from localbuilder import validators
 from localbuilder.catalog import Generation
 from localbuilder.checkpoints import Entry
 from localbuilder.customizers import Customizer, StepContext, customizer_for
-from localbuilder.distributors import AzureOptions, DistributeContext, distributor_for
+from localbuilder.distributors import AzureOptions, DistributeContext
 from localbuilder.errors import (
     BuildTimeout,
     Canceled,
@@ -49,6 +49,7 @@ from localbuilder.guest import BootedGuest, GuestRequest, Platform, SourceImage
 from localbuilder.guest.bootwatch import DEFAULT_BOOT_TIMEOUT
 from localbuilder.log import add_file_handler, complete_step, format_duration, remove_handler
 from localbuilder.orchestrator.checkpointing import Checkpointing, chain_for
+from localbuilder.orchestrator.distribute import distribute_all
 from localbuilder.orchestrator.failures import FailurePolicy, StepFailure
 from localbuilder.orchestrator.interrupts import Interrupts
 from localbuilder.orchestrator.prepare import fetch_inputs, preflight
@@ -575,35 +576,15 @@ class Build:
 
     def _distribute(self, vhd: Path) -> list[RunOutput]:
         self._sub_state(RunSubState.Distributing)
-        ctx = self._distribute_context(vhd)
-        outputs: list[RunOutput] = []
-        for i, target in enumerate(self.template.distribute):
-            self.interrupts.check()
-            distributor = distributor_for(target)
-            title = distributor.describe(i)
-            try:
-                with complete_step(title), self._phase(title):
-                    out = distributor.distribute(ctx)
-            except (BuildTimeout, Canceled):
-                raise  # the run ends (Canceled / timeout), not just this target
-            except LocalBuilderError as exc:
-                # The reason is said once, in the run's final message (with the hint); not here too.
-                if exc.hint:
-                    self.distribute_hints.append(exc.hint)
-                out = RunOutput(
-                    name=distributor.run_output_name,
-                    type=distributor.type_name,
-                    provisioning_state="Failed",
-                    artifact_tags=dict(target.artifact_tags),
-                    note=exc.message,
-                )
-            if out.provisioning_state != "Succeeded" and i + 1 < len(self.template.distribute):
-                log.warning("%s failed; the other targets still run (the reason is in the summary)", title)
-            elif out.note and out.provisioning_state == "Succeeded":
-                log.warning("%s: %s", title, out.note)
-            outputs.append(out)
-            self.record = dataclasses.replace(self.record, run_outputs=tuple(outputs))
+
+        def record(outputs: tuple[RunOutput, ...]) -> None:
+            self.record = dataclasses.replace(self.record, run_outputs=outputs)
             self._save()
+
+        outputs, self.distribute_hints = distribute_all(
+            self.template.distribute, self._distribute_context(vhd), phase=self._phase,
+            before_each=self.interrupts.check, after_each=record,
+        )
         # The targets hold their own links/copies; the work file is no longer needed.
         vhd.unlink(missing_ok=True)
         return outputs
