@@ -103,25 +103,28 @@ def start(
     else:  # pragma: no cover - the loop either breaks or raises
         raise AssertionError("unreachable")
 
-    def power_off(exc_type: type[BaseException] | None, exc: BaseException | None,
-                  tb: TracebackType | None) -> bool:
+    def on_exit(exc_type: type[BaseException] | None, exc: BaseException | None,
+                tb: TracebackType | None) -> bool:
         t = time.monotonic()
         try:
-            if guest.is_running():
-                deadline = ABORT_SHUTDOWN_TIMEOUT if exc_type is not None else shutdown_timeout
-                with complete_step("Powering off the guest"):
-                    guest.shutdown(deadline)
-        except KeyboardInterrupt:
-            # A second Ctrl-C during the power-down: stop waiting, kill it now.
-            guest.destroy()
-            raise
+            power_off(guest, ABORT_SHUTDOWN_TIMEOUT if exc_type is not None else shutdown_timeout)
         finally:
-            guest.destroy()  # idempotent: releases sockets, QMP, libvirt callbacks
             timings["shutdown"] = time.monotonic() - t
         return False
 
-    stack.push(power_off)
+    stack.push(on_exit)
     return guest, port
+
+
+def power_off(guest: Guest, deadline: float) -> None:
+    """ACPI power-down, waiting up to ``deadline`` seconds, then kill. Whatever interrupts the wait (a
+    second Ctrl-C), the guest is killed before it propagates."""
+    try:
+        if guest.is_running():
+            with complete_step("Powering off the guest"):
+                guest.shutdown(deadline)
+    finally:
+        guest.destroy()  # idempotent: releases sockets, QMP, libvirt callbacks
 
 
 @contextlib.contextmanager

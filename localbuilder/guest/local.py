@@ -35,16 +35,15 @@ from localbuilder.disk import copy_layer, to_fixed_vhd
 from localbuilder.errors import BackendError, CheckpointError, CommandError, LocalBuilderError
 from localbuilder.guest import BootedGuest, DeprovisionOutcome, GuestRequest, Inspection, SourceImage
 from localbuilder.guest import windows as windows_guest
-from localbuilder.guest.lifetime import ABORT_SHUTDOWN_TIMEOUT
-from localbuilder.guest.linux import LinuxGuest, linux_guest, settle_after_reboot
+from localbuilder.guest.lifetime import ABORT_SHUTDOWN_TIMEOUT, power_off
+from localbuilder.guest.linux import linux_guest, settle_after_reboot
 from localbuilder.guest.timed import TimedGuest
-from localbuilder.hypervisor import Checkpointable, Firmware, HasPid, NetworkMode
+from localbuilder.hypervisor import Checkpointable, Firmware, HasPid, Hypervisor, NetworkMode
 from localbuilder.hypervisor.backends import get_backend
 from localbuilder.hypervisor.probe import resolve_accel
 from localbuilder.hypervisor.sizes import guest_shape
 from localbuilder.hypervisor.spec import Accel
 from localbuilder.inspect import inspect_image
-from localbuilder.log import complete_step
 from localbuilder.quiesce import confirm, quiesced
 from localbuilder.room import measured_data
 from localbuilder.run import run
@@ -167,6 +166,13 @@ class LocalPlatform:
             label=entry.ref,
             uefi=entry.generation is Generation.V2,
         )
+
+    def _hypervisor(self) -> Hypervisor:
+        return get_backend(self.backend, **({"uri": self.libvirt_uri} if self.backend == "libvirt" else {}))
+
+    def _domain_uri(self) -> str | None:
+        """Where a libvirt guest's domain lives (recorded for recovery); None for the other backends."""
+        return self.libvirt_uri if self.backend == "libvirt" else None
 
     def _accel_value(self) -> Accel:
         if self._accel is None:
@@ -293,15 +299,14 @@ class LocalPlatform:
         if request.image.os is not OsType.linux:
             # Windows: first-boot ISO (unattend + WinRM over HTTPS with a pinned certificate) and WinRM.
             # Proven against the WS-Management test server only; see docs/windows.md.
-            options = {"uri": self.libvirt_uri} if self.backend == "libvirt" else {}
             with windows_guest.boot_for_build(
                 request,
-                hypervisor=get_backend(self.backend, **options),
+                hypervisor=self._hypervisor(),
                 accel=self._accel_value(),
                 cpus=shape.cpus,
                 memory_mib=max(shape.memory_mib, 2048),
                 network=network,
-                libvirt_uri=self.libvirt_uri if self.backend == "libvirt" else None,
+                libvirt_uri=self._domain_uri(),
             ) as booted:
                 yield booted
             return
@@ -318,13 +323,12 @@ class LocalPlatform:
             base,
             base_format,
             workdir=request.workdir,
-            backend=self.backend,
+            hypervisor=self._hypervisor(),
             accel=self._accel_value(),
             cpus=shape.cpus,
             memory_mib=shape.memory_mib,
             disk_size_bytes=request.disk_size_bytes,
             network=network,
-            libvirt_uri=self.libvirt_uri,
             boot_timeout=request.timeout,
             firmware=Firmware.uefi if request.image.uefi else Firmware.bios,
             keep=True,
@@ -346,38 +350,28 @@ class LocalPlatform:
                 host_keys=tuple(session.host_keys),
                 seed_iso=session.guest.spec.seed_iso,
                 pid=guest.pid if isinstance(guest, HasPid) else None,
-                libvirt_uri=self.libvirt_uri if self.backend == "libvirt" else None,
+                libvirt_uri=self._domain_uri(),
                 settle=settle_after_reboot,
-                _keep=lambda: self._kept(session),
+                _keep=lambda: self._kept(booted),
             )
             try:
                 yield booted
             except BaseException:
                 if booted.kept is None:
-                    self._stop(session)
+                    # A failed/canceled build discards the guest: a short ACPI chance, then kill.
+                    session.communicator.close()
+                    power_off(guest, ABORT_SHUTDOWN_TIMEOUT)
                 raise
 
-    def _stop(self, session: LinuxGuest) -> None:
-        # A failed/canceled build discards the guest: a short ACPI chance, then kill (as the session does).
-        guest = session.guest
-        session.communicator.close()
-        try:
-            if guest.is_running():
-                with complete_step("Powering off the guest"):
-                    guest.shutdown(ABORT_SHUTDOWN_TIMEOUT)
-        finally:
-            guest.destroy()
-
-    def _kept(self, session: LinuxGuest) -> KeptGuest:
-        guest = session.guest
+    def _kept(self, booted: BootedGuest) -> KeptGuest:
         return KeptGuest(
-            ssh_host=session.host,
-            ssh_port=session.port,
-            user=session.user,
-            key_file=str(session.key_file),
+            ssh_host=booted.host,
+            ssh_port=booted.port,
+            user=booted.user,
+            key_file=str(booted.key_file),
             backend=self.backend,
-            pid=guest.pid if isinstance(guest, HasPid) else None,
-            domain=guest.spec.name if self.backend == "libvirt" else None,
+            pid=booted.pid,
+            domain=booted.guest.spec.name if self.backend == "libvirt" else None,
         )
 
     def deprovision(self, booted: BootedGuest, *, timeout: float) -> DeprovisionOutcome:
