@@ -99,6 +99,11 @@ class DeprovisionOutcome:
     script_seconds: float
     poweroff_seconds: float
 
+    @classmethod
+    def timed(cls, user_script: bool, total_seconds: float, poweroff_seconds: float) -> DeprovisionOutcome:
+        """Split the step's wall time into the script's part and the guest's power-off (``TimedGuest``)."""
+        return cls(user_script, max(0.0, total_seconds - poweroff_seconds), poweroff_seconds)
+
 
 @dataclasses.dataclass(frozen=True)
 class Inspection:

@@ -379,11 +379,7 @@ class LocalPlatform:
             return windows_guest.deprovision_for_build(booted, timeout=timeout)
         timed = TimedGuest(booted.guest)
         result = deprovision_linux(booted.comm, timed, booted.user, timeout=timeout)
-        return DeprovisionOutcome(
-            user_script=result.user_script,
-            script_seconds=max(0.0, result.seconds - timed.wait_seconds),
-            poweroff_seconds=timed.wait_seconds,
-        )
+        return DeprovisionOutcome.timed(result.user_script, result.seconds, timed.wait_seconds)
 
     def convert(self, src: Path, src_format: str, dst: Path, *, size_bytes: int | None) -> int:
         result = to_fixed_vhd(src, src_format, dst, size_bytes=size_bytes, progress=self.progress)

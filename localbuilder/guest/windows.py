@@ -85,15 +85,14 @@ def windows_guest(
     scale = timeout_scale(accel)
     timings: dict[str, float] = {}
     with contextlib.ExitStack() as always:
-        guest_dir = ensure_private_dir(workdir / name)
-        media_dir = ensure_private_dir(guest_dir / "firstboot")
+        media_dir = workdir / name / "firstboot"
         # The media holds the build password: never leave it behind, not even for a kept guest
-        # (Windows has read it at first boot).
+        # (Windows has read it at first boot). Outside ``stack``, whose undo a kept guest drops.
         always.callback(shutil.rmtree, media_dir, ignore_errors=True)
         with contextlib.ExitStack() as stack:
-            _, overlay = lifetime.workspace(stack, workdir, name, base, base_format, disk_size_bytes,
-                                            keep_overlay=keep_overlay)
-            media = make_first_boot_media(media_dir, computer_name=name)
+            guest_dir, overlay = lifetime.workspace(stack, workdir, name, base, base_format,
+                                                    disk_size_bytes, keep_overlay=keep_overlay)
+            media = make_first_boot_media(ensure_private_dir(media_dir), computer_name=name)
 
             def make_spec(port: int) -> GuestSpec:
                 return GuestSpec(
@@ -197,9 +196,4 @@ def deprovision_for_build(booted: BootedGuest, *, timeout: float) -> Deprovision
     timed = TimedGuest(booted.guest)
     start = time.monotonic()
     user_script = deprovision_windows(booted.comm, timed, timeout=timeout)
-    total = time.monotonic() - start
-    return DeprovisionOutcome(
-        user_script=user_script,
-        script_seconds=max(0.0, total - timed.wait_seconds),
-        poweroff_seconds=timed.wait_seconds,
-    )
+    return DeprovisionOutcome.timed(user_script, time.monotonic() - start, timed.wait_seconds)

@@ -296,11 +296,10 @@ class Build:
     # -- Building / Customizing / deprovision / Optimizing ----------------------------------------------
 
     def _guest_request(self, image: SourceImage, purpose: str) -> GuestRequest:
-        size_gb = self.template.vm_profile.os_disk_size_gb
         return GuestRequest(
             image=image,
             workdir=guest_workdir(self.run.path, purpose),
-            disk_size_bytes=size_gb * 1024**3 if size_gb else None,
+            disk_size_bytes=self._disk_size(),
             vm_size=self.template.vm_profile.vm_size,
             purpose=purpose,
             timeout=min(self.options.boot_timeout, self.remaining()),
@@ -415,7 +414,7 @@ class Build:
                 )
         return vhd
 
-    # -- checkpoints (build.checkpointing) ---------------------------------------------------------------
+    # -- checkpoints (orchestrator.checkpointing) -------------------------------------------------------
 
     def _checkpointing(self, image: SourceImage) -> Checkpointing | None:
         if not self.options.use_cache:
