@@ -60,18 +60,14 @@ def pump(
         if not chan.eof_received:
             select.select([chan], [], [], wait)
         got = False
-        while chan.recv_ready():
-            data = chan.recv(65536)
-            if not data:
-                break
-            out.feed(data)
-            got = True
-        while chan.recv_stderr_ready():
-            data = chan.recv_stderr(65536)
-            if not data:
-                break
-            err.feed(data)
-            got = True
+        streams = ((chan.recv_ready, chan.recv, out), (chan.recv_stderr_ready, chan.recv_stderr, err))
+        for ready, recv, tail in streams:
+            while ready():
+                data = recv(65536)
+                if not data:
+                    break
+                tail.feed(data)
+                got = True
         # Fill the SSH window; when it is full, send_ready() is False until the guest reads.
         while pending is not None and chan.send_ready():
             try:
