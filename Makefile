@@ -6,7 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := qemu-system-x86 qemu-utils ovmf libvirt-daemon-system libvirt-dev pkg-config gcc \
 	python3-dev python3-venv debootstrap e2fsprogs fdisk mount util-linux mtools dosfstools \
-	iproute2 procps packer
+	iproute2 procps packer \
+	libguestfs-tools libguestfs-xfs linux-image-amd64 lvm2 xfsprogs ntfs-3g libwin-hivex-perl
 STAMP := $(VENV)/.setup-done
 PYTEST_ARGS ?=
 

@@ -18,6 +18,7 @@ import struct
 import uuid
 import zlib
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 from localbuilder.errors import CommandError, InspectionError
 from localbuilder.run import run
@@ -222,6 +223,19 @@ class Entry:
     @property
     def kind(self) -> str:
         return {0o040000: "dir", 0o100000: "file", 0o120000: "symlink"}.get(self.mode & 0o170000, "other")
+
+
+class FileReader(Protocol):
+    """Read-only files of a guest's root, whatever reads them (``Ext4Reader``, ``guestfs.GuestfsReader``).
+
+    Absent paths are None, never an error; a read that fails raises InspectionError.
+    """
+
+    def listdir(self, path: str) -> dict[str, Entry] | None: ...
+
+    def entry(self, path: str) -> Entry | None: ...
+
+    def read_text(self, path: str) -> str | None: ...
 
 
 class Ext4Reader:

@@ -25,14 +25,18 @@ DESCRIPTION = (
     "Catalog images are never written to: builds boot an overlay."
 )
 
-RECIPES = ("debian-12",)
+# Recipe name → disk layout. debian-12-lvm-xfs is RHEL's layout (separate /boot, / and /var on XFS logical
+# volumes) on Debian packages: the sources users start from besides a single ext4 root.
+RECIPES = {"debian-12": debian.Layout.ext4, "debian-12-lvm-xfs": debian.Layout.lvm_xfs}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="image_command", metavar="COMMAND", parser_class=type(parser))
 
     b = sub.add_parser("build", help="build a source image offline from a package mirror and register it")
-    b.add_argument("recipe", choices=RECIPES, help="what to build")
+    b.add_argument("recipe", choices=list(RECIPES),
+                   help="what to build: debian-12 (one ext4 root; sku 12) or debian-12-lvm-xfs "
+                   "(RHEL's layout: /boot on ext4, / and /var as XFS on LVM; sku 12-lvm-xfs)")
     b.add_argument("--mirror", default=debian.DEFAULT_MIRROR,
                    help=f"Debian archive to debootstrap from (default {debian.DEFAULT_MIRROR})")
     b.add_argument("--size", default="2G", help="virtual disk size, a whole number of MiB (default 2G)")
@@ -81,6 +85,7 @@ def _build(args: argparse.Namespace) -> int:
         mirror=args.mirror,
         size_bytes=debian.parse_size(args.size),
         firmware=debian.Firmware.uefi if args.uefi else debian.Firmware.bios,
+        layout=RECIPES[args.recipe],
     )
     cache_dir = args.cache_dir or (paths.cache_dir() / "source-images")
     built = debian_build.ensure_image(recipe, cache_dir, scratch=args.scratch)

@@ -386,7 +386,8 @@ class LocalPlatform:
         return result.virtual_size
 
     def inspect(self, vhd: Path, build_user: str) -> Inspection:
-        report = inspect_image(vhd, build_user=build_user)
+        # libguestfs's appliance (for roots debugfs cannot read) runs on the build's accelerator.
+        report = inspect_image(vhd, build_user=build_user, tcg=self._accel_value() is Accel.tcg)
         problems = tuple(f"{c.check}: {c.message}" for c in report.failures)
         warnings = () if report.inspected else (f"not inspected: {report.reason}",)
         return Inspection(problems=problems, report=report.as_dict(), warnings=warnings)

@@ -65,6 +65,21 @@ class Firmware(enum.StrEnum):
     uefi = "uefi"  # Hyper-V generation V2, sku "12-gen2"
 
 
+class Layout(enum.StrEnum):
+    """How the disk is laid out. ``lvm_xfs`` is RHEL's (and Azure's RHEL LVM images'): a separate ext4
+    /boot, and / and /var as XFS logical volumes ``rootvg/rootlv`` and ``rootvg/varlv``."""
+
+    ext4 = "ext4"  # one ext4 root partition, sku "12" / "12-gen2"
+    lvm_xfs = "lvm-xfs"  # sku "12-lvm-xfs" / "12-lvm-xfs-gen2"
+
+
+# lvm_xfs: LVM tools in the initramfs (root on a logical volume) and xfsprogs for xfs_repair/growfs.
+LVM_XFS_PACKAGES = ("lvm2", "xfsprogs")
+VOLUME_GROUP = "rootvg"
+BOOT_MIB = 256
+VAR_MIB = 512  # mkfs.xfs refuses filesystems under 300 MiB
+
+
 # Files written into the image. They are part of the recipe hash, so editing one rebuilds the image.
 KERNEL_CMDLINE = "net.ifnames=0 console=ttyS0,115200n8"  # Azure-like: eth0 names, serial console
 IMAGE_FILES: dict[str, str] = {
@@ -118,6 +133,7 @@ class DebianRecipe:
     firmware: Firmware = Firmware.bios
     packages: tuple[str, ...] = PACKAGES
     suite: str = SUITE
+    layout: Layout = Layout.ext4
 
     def __post_init__(self) -> None:
         if not re.match(r"^(https?|file)://", self.mirror):
@@ -126,19 +142,35 @@ class DebianRecipe:
                 hint=f"Give the base URL of a Debian archive, e.g. --mirror {DEFAULT_MIRROR}",
             )
         mib = 1024**2
-        if self.size_bytes < 1024 * mib or self.size_bytes % mib:
+        if self.layout is Layout.lvm_xfs and self.firmware is Firmware.uefi:
             raise SourceError(
-                f"--size {self.size_bytes} bytes: the image must be at least 1 GiB and a whole number of MiB",
+                "the lvm-xfs layout is built for BIOS (Gen1) only",
+                hint="Drop --uefi, or build debian-12 --uefi for a Gen2 image (one ext4 root).",
+            )
+        minimum = 2048 if self.layout is Layout.lvm_xfs else 1024
+        if self.size_bytes < minimum * mib or self.size_bytes % mib:
+            raise SourceError(
+                f"--size {self.size_bytes} bytes: the image must be at least {minimum // 1024} GiB and a "
+                "whole number of MiB",
                 hint="Use e.g. --size 2G (the rootfs needs ~600 MiB; cloud-init grows it on first boot).",
             )
 
     @property
     def all_packages(self) -> tuple[str, ...]:
-        return self.packages + (UEFI_PACKAGES if self.firmware is Firmware.uefi else ())
+        extra = (UEFI_PACKAGES if self.firmware is Firmware.uefi else ()) + (
+            LVM_XFS_PACKAGES if self.layout is Layout.lvm_xfs else ()
+        )
+        return self.packages + extra
 
     @property
     def sku(self) -> str:
-        return "12" if self.firmware is Firmware.bios else "12-gen2"
+        return "12" + self._suffix
+
+    @property
+    def _suffix(self) -> str:
+        """``-lvm-xfs`` and/or ``-gen2``, in Azure's order (the generation last)."""
+        layout = "" if self.layout is Layout.ext4 else f"-{self.layout}"
+        return layout + ("-gen2" if self.firmware is Firmware.uefi else "")
 
     @property
     def key(self) -> str:
@@ -154,11 +186,12 @@ class DebianRecipe:
         }
         if self.firmware is Firmware.uefi:
             doc["efi_grub_cfg"] = EFI_GRUB_CFG
+        if self.layout is not Layout.ext4:  # absent for ext4, so that existing caches stay valid
+            doc["layout"] = {"layout": str(self.layout), "vg": VOLUME_GROUP, "boot": BOOT_MIB, "var": VAR_MIB}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
     def file_name(self) -> str:
-        gen = "" if self.firmware is Firmware.bios else "-gen2"
-        return f"{NAME}{gen}-{self.key[:16]}.qcow2"
+        return f"{NAME}{self._suffix}-{self.key[:16]}.qcow2"
 
 
 def parse_size(text: str) -> int:

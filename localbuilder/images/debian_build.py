@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import tempfile
 import time
 import uuid
@@ -31,8 +32,9 @@ from tqdm import tqdm
 
 from localbuilder import run as runmod
 from localbuilder.errors import CommandError, SourceError
-from localbuilder.images import BuiltImage, progress_enabled, require_root
+from localbuilder.images import BuiltImage, lvm, progress_enabled, require_root
 from localbuilder.images.debian import (
+    BOOT_MIB,
     EFI_GRUB_CFG,
     ENABLED_UNITS,
     IMAGE_FILES,
@@ -40,8 +42,11 @@ from localbuilder.images.debian import (
     OFFER,
     PUBLISHER,
     SCRIPT_VERSION,
+    VAR_MIB,
+    VOLUME_GROUP,
     DebianRecipe,
     Firmware,
+    Layout,
     cached_image,
     image_version,
     sidecar,
@@ -60,6 +65,7 @@ CHROOT_ENV = (
 REQUIRED_TOOLS = ("debootstrap", "losetup", "partx", "sfdisk", "mkfs.ext4", "mount", "umount",
                   "chroot", "fstrim", "qemu-img", "cp")
 UEFI_TOOLS = ("mkfs.vfat", "mmd", "mcopy")
+LVM_XFS_TOOLS = ("lvm", "mkfs.xfs")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -350,20 +356,24 @@ def _mount_api_fs(mnt: Path) -> None:
         runmod.run(["mount", *args, mnt / sub])
 
 
-def _install_bootloader(mnt: Path, loop: str, part: str, root_uuid: str) -> None:
-    """GRUB for BIOS into the disk's boot track, and a grub.cfg that finds the root by UUID."""
+def _install_bootloader(mnt: Path, loop: str, part: str, root: str, *, initramfs: bool = False) -> None:
+    """GRUB for BIOS into the disk's boot track, and a grub.cfg whose kernel line says ``root=<root>``
+    (``UUID=…``, or a /dev/mapper path for a logical volume). ``initramfs``: rebuild it first, after the
+    disk's fstab is in place (its hooks read it: LVM activation for a root on a logical volume)."""
     _mount_api_fs(mnt)
+    if initramfs:
+        _chroot(mnt, "update-initramfs", "-u", "-k", "all")
     _chroot(mnt, "grub-install", "--target=i386-pc", loop)
     _chroot(mnt, "update-grub")
     # Without udev there is no /dev/disk/by-uuid, so grub-mkconfig writes root=/dev/loopNp1: point it at
-    # the file system UUID instead (FACTS §2).
+    # the file system UUID (or the volume's /dev/mapper name) instead (FACTS §2).
     cfg = mnt / "boot/grub/grub.cfg"
     text = cfg.read_text()
-    fixed = text.replace(f"root={part} ", f"root=UUID={root_uuid} ")
-    if "root=UUID=" not in fixed or re.search(r"root=/dev/loop", fixed):
+    fixed = text.replace(f"root={part} ", f"root={root} ")
+    if f"root={root} " not in fixed or re.search(r"root=/dev/loop", fixed):
         kernel_lines = re.findall(r"linux\s+\S+\s+\S+", text)[:2]
         raise SourceError(
-            f"{cfg}: could not set root=UUID={root_uuid} (kernel lines: {kernel_lines})",
+            f"{cfg}: could not set root={root} (kernel lines: {kernel_lines})",
             hint="This is a bug in the Debian recipe; rerun with --debug and report the grub.cfg.",
         )
     cfg.write_text(fixed)
@@ -416,7 +426,7 @@ def _make_disk(recipe: DebianRecipe, tree: Path, raw: Path, mnt: Path) -> None:
     (mnt / "etc/fstab").write_text(fstab)
     if uefi:
         (mnt / "boot/efi").mkdir(exist_ok=True)
-    _install_bootloader(mnt, loop, part, root_uuid)
+    _install_bootloader(mnt, loop, part, f"UUID={root_uuid}")
     if uefi:
         _install_efi_loader(mnt, esp, root_uuid)
     # Give the unused blocks back to the sparse file so the qcow2 conversion skips them.
@@ -426,12 +436,73 @@ def _make_disk(recipe: DebianRecipe, tree: Path, raw: Path, mnt: Path) -> None:
     runmod.run(["losetup", "--detach", loop])
 
 
+# lvm-xfs (BIOS): /boot as an ext4 partition (GRUB reads only it, so its core needs no LVM or XFS module),
+# then one LVM partition (type 8e) for the volume group.
+def _lvm_layout(boot_mib: int) -> str:
+    boot = boot_mib * 2048  # sectors
+    return f"label: dos\nstart=2048, size={boot}, type=83, bootable\nstart={2048 + boot}, type=8e\n"
+
+
+def _make_lvm_disk(recipe: DebianRecipe, tree: Path, raw: Path, mnt: Path) -> None:
+    """RHEL's layout: /boot on ext4, / and /var as XFS on logical volumes of ``rootvg`` (``lvm.py`` says
+    how, without device-mapper). Everything is mounted where the guest mounts it, then the tree copied."""
+    with open(raw, "wb") as fh:
+        fh.truncate(recipe.size_bytes)
+    runmod.run(["sfdisk", "--quiet", raw], input=_lvm_layout(BOOT_MIB))
+    loop = runmod.run(["losetup", "--find", "--show", raw]).stdout.strip()
+    runmod.run(["partx", "--add", loop])
+    boot, pv = _partition_node(loop, 1), _partition_node(loop, 2)
+    boot_uuid = str(uuid.uuid4())
+    runmod.run(["mkfs.ext4", "-q", "-U", boot_uuid, "-L", "boot", boot])
+    pv_start = (2048 + BOOT_MIB * 2048) * 512
+    vols = {v.name: v for v in lvm.create(pv, VOLUME_GROUP, [("varlv", VAR_MIB), ("rootlv", None)])}
+    devices = {}
+    for name, vol in vols.items():
+        devices[name] = runmod.run(["losetup", "--find", "--show", "--offset", str(pv_start + vol.offset),
+                                    "--sizelimit", str(vol.size), raw]).stdout.strip()
+        runmod.run(["mkfs.xfs", "-q", "-L", name.removesuffix("lv"), devices[name]])
+    mapper = {name: f"/dev/mapper/{VOLUME_GROUP}-{name}" for name in vols}
+    # GRUB's 10_linux writes no menu entry when / is a loop device over a file (/dev/loopN): mount the
+    # root volume through a second node of the same device under another name.
+    root_node = Path(f"/dev/lb-rootlv-{Path(devices['rootlv']).name}")
+    major, minor = (int(x) for x in (Path("/sys/class/block") / Path(devices["rootlv"]).name / "dev")
+                    .read_text().split(":"))
+    root_node.unlink(missing_ok=True)
+    os.mknod(root_node, 0o600 | stat.S_IFBLK, os.makedev(major, minor))
+    try:
+        mnt.mkdir()
+        runmod.run(["mount", root_node, mnt])
+        for sub, dev in (("boot", boot), ("var", devices["varlv"])):
+            (mnt / sub).mkdir()
+            runmod.run(["mount", dev, mnt / sub])
+        _copy_tree(tree, mnt)
+        (mnt / "etc/fstab").write_text(
+            f"{mapper['rootlv']}\t/\txfs\tdefaults\t0\t0\n"
+            f"UUID={boot_uuid}\t/boot\text4\tdefaults\t0\t2\n"
+            f"{mapper['varlv']}\t/var\txfs\tdefaults\t0\t0\n"
+        )
+        _install_bootloader(mnt, loop, str(root_node), mapper["rootlv"], initramfs=True)
+        for point in (mnt / "var", mnt / "boot", mnt):
+            runmod.run(["fstrim", point])
+            runmod.run(["umount", point])
+    finally:
+        root_node.unlink(missing_ok=True)
+    for dev in devices.values():
+        runmod.run(["losetup", "--detach", dev])
+    runmod.run(["partx", "--delete", loop])
+    runmod.run(["losetup", "--detach", loop])
+
+
 def build_image(recipe: DebianRecipe, dest: Path, *, scratch: Path | None = None) -> BuiltImage:
     """Build the image for ``recipe`` into ``dest`` (qcow2, zstd-compressed) plus a ``.json`` record."""
     require_root("building the Debian 12 image")
-    for tool in REQUIRED_TOOLS + (UEFI_TOOLS if recipe.firmware is Firmware.uefi else ()):
+    tools = REQUIRED_TOOLS + (UEFI_TOOLS if recipe.firmware is Firmware.uefi else ()) + (
+        LVM_XFS_TOOLS if recipe.layout is Layout.lvm_xfs else ()
+    )
+    for tool in tools:
         if runmod.which(tool) is None:
-            fallback = {"cp": "coreutils", "chroot": "coreutils", "mmd": "mtools"}.get(tool, tool)
+            fallback = {"cp": "coreutils", "chroot": "coreutils", "mmd": "mtools", "lvm": "lvm2",
+                        "mkfs.xfs": "xfsprogs"}.get(tool, tool)
             pkg = runmod.PACKAGE_OF.get(tool, fallback)
             raise SourceError(f"{tool} not found", hint=f"Install it: apt-get install {pkg}")
     started = time.monotonic()
@@ -447,7 +518,8 @@ def build_image(recipe: DebianRecipe, dest: Path, *, scratch: Path | None = None
             with complete_step("Configuring the guest (network, cloud-init, GRUB defaults)"):
                 _configure_tree(tree)
             with complete_step("Partitioning, copying the tree, installing GRUB"):
-                _make_disk(recipe, tree, work / "disk.raw", work / "mnt")
+                make = _make_lvm_disk if recipe.layout is Layout.lvm_xfs else _make_disk
+                make(recipe, tree, work / "disk.raw", work / "mnt")
             with complete_step("Compressing to qcow2 (zstd)"):
                 try:
                     runmod.run([
