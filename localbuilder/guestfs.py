@@ -84,6 +84,7 @@ class Guestfish:
         self._token = secrets.token_hex(8)
         self._count = 0
         self._buffer = b""
+        self._stuck = False  # a request timed out: guestfish may never read its stdin again
         self._scratch = Path(tempfile.mkdtemp(prefix="localbuilder-guestfs-"))
 
     def __enter__(self) -> Guestfish:
@@ -106,6 +107,8 @@ class Guestfish:
             try:
                 if proc.stdin is not None:
                     proc.stdin.close()  # guestfish exits at EOF and shuts its appliance down
+                if self._stuck:
+                    proc.terminate()  # its recovery process then stops the appliance
                 proc.wait(timeout=60)
             except (OSError, runmod.TimeoutExpired):
                 proc.kill()
@@ -124,6 +127,7 @@ class Guestfish:
             while (at := self._buffer.find(sentinel)) < 0:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    self._stuck = True
                     raise GuestfsError(f"libguestfs did not answer within {timeout:.0f} s",
                                        hint="Run with --debug to see its output; under TCG the first launch "
                                        "builds the appliance and takes minutes.")
