@@ -240,8 +240,9 @@ def _mapper(name: str) -> str:
 def find_os(gf: Guestfish, fs_of: dict[str, str]) -> GuestOS | None:
     """The operating system on the disk (the first one ``inspect-os`` reports), or None.
 
-    libguestfs recognises Windows only when it can also read the hives it wants and the architecture of
-    ``cmd.exe``; a Windows volume it passes over is still found by its SOFTWARE hive (``_windows_volume``).
+    libguestfs's own inspection wants more than the checks need (a Linux root with /bin and /etc/fstab or
+    /etc/hosts; Windows with readable SOFTWARE and SYSTEM hives and ``cmd.exe``'s architecture). A volume
+    it passes over is still found by what the checks read: ``_fallback_root``.
     """
     try:
         roots = gf.call("inspect-os")
@@ -249,13 +250,15 @@ def find_os(gf: Guestfish, fs_of: dict[str, str]) -> GuestOS | None:
         log.info("libguestfs's own inspection failed (%s); looking for a Windows volume", exc.message)
         roots = []
     if not roots:
-        return _windows_volume(gf, fs_of)
+        return _fallback_root(gf, fs_of)
     root = roots[0]
     kind = gf.call("inspect-get-type", root)[0]
     mounts = []
     for line in gf.call("inspect-get-mountpoints", root):
         point, _, dev = line.partition(": ")
         mounts.append((point, dev))
+    if "/" not in {point for point, _ in mounts}:  # an fstab without a / line: the root is still the root
+        mounts.append(("/", root))
     mounts.sort(key=lambda m: len(PurePosixPath(m[0]).parts))
     return GuestOS(
         root=root, type=kind, distro=gf.call("inspect-get-distro", root)[0],
@@ -265,10 +268,11 @@ def find_os(gf: Guestfish, fs_of: dict[str, str]) -> GuestOS | None:
     )  # fmt: skip
 
 
-def _windows_volume(gf: Guestfish, fs_of: dict[str, str]) -> GuestOS | None:
-    """The first NTFS filesystem holding ``Windows/System32/config/SOFTWARE``, as a Windows root."""
+def _fallback_root(gf: Guestfish, fs_of: dict[str, str]) -> GuestOS | None:
+    """The first filesystem holding ``/etc/passwd`` (Linux; its fstab's other mounts resolved by UUID,
+    LABEL or device name) or ``Windows/System32/config/SOFTWARE`` (Windows)."""
     for dev, fs in fs_of.items():
-        if fs != "ntfs":
+        if fs in ("swap", "unknown", "vfat", "lvm2"):
             continue
         try:
             gf.call("mount-ro", dev, "/")
@@ -276,13 +280,42 @@ def _windows_volume(gf: Guestfish, fs_of: dict[str, str]) -> GuestOS | None:
             continue
         try:
             reader = GuestfsReader(gf)
-            windows = reader.case_path("/Windows")
+            windows = reader.case_path("/Windows") if fs == "ntfs" else None
             if windows is not None and reader.case_path(f"{windows}/System32/config/SOFTWARE") is not None:
                 return GuestOS(root=dev, type="windows", distro="windows", product="Windows (not identified)",
                                filesystem=fs, mounts=(("/", dev),), windows_root=windows)
+            if fs != "ntfs" and gf.call("is-file", "/etc/passwd") == ["true"]:
+                mounts = [("/", dev)] + _fstab_mounts(gf, reader.read_text("/etc/fstab"))
+                mounts.sort(key=lambda m: len(PurePosixPath(m[0]).parts))
+                return GuestOS(root=dev, type="linux", distro="unknown", product="", filesystem=fs,
+                               mounts=tuple(mounts))
         finally:
             gf.call("umount-all")
     return None
+
+
+def _fstab_mounts(gf: Guestfish, fstab: str | None) -> list[tuple[str, str]]:
+    """(mount point, device) of the on-disk filesystems ``fstab`` mounts besides /; a source libguestfs
+    cannot resolve is left out (``unmapped_mounts`` then reports it)."""
+    found = []
+    for line in (fstab or "").splitlines():
+        fields = line.split()
+        if len(fields) < 3 or fields[0].startswith("#") or fields[1] in ("/", "none") or \
+                not fields[1].startswith("/") or fields[2] in ("swap", "tmpfs", "proc", "sysfs", "devpts"):
+            continue
+        spec = fields[0]
+        try:
+            if spec.startswith(("UUID=", "LABEL=")):
+                kind, _, value = spec.partition("=")
+                dev = gf.call(f"findfs-{kind.lower()}", value.strip('"'))[0]
+            elif spec.startswith("/dev/"):
+                dev = gf.call("canonical-device-name", spec)[0]
+            else:
+                continue
+        except GuestfsError:
+            continue
+        found.append((fields[1].replace("\\040", " "), dev))
+    return found
 
 
 def mount_all(gf: Guestfish, os_: GuestOS) -> None:

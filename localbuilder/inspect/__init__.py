@@ -208,6 +208,13 @@ def _inspect_guestfs(report: GeneralizationReport, raw: Path, build_key: str | N
             return dataclasses.replace(found, reason=f"libguestfs found a {os_.type} system ({os_.product}); "
                                        "only Linux and Windows are checked")
         fs = guestfs.GuestfsReader(gf)
+        mounted = {point.rstrip("/") or "/" for point, _ in os_.mounts}
+        unmapped = [m for m in linux.separate_mounts(fs.read_text("/etc/fstab")) if m not in mounted]
+        if unmapped:
+            # The checks would read the root's empty mount point instead: no verdict rather than a wrong one.
+            return dataclasses.replace(found, os=OsType.linux, reason=(
+                f"/etc/fstab mounts {', '.join(unmapped)} from a filesystem libguestfs could not find on "
+                "this disk; the checks would read an empty mount point"))
         checks, tmp, keys = linux.run_checks(fs, report.build_user, build_key)
         return dataclasses.replace(
             found, os=OsType.linux, os_name=linux.os_name(fs) or os_.product, inspected=True,

@@ -29,6 +29,12 @@ pytestmark = [
 ]
 
 
+# What libguestfs's own inspection wants to call a tree a Linux root: /bin (here a link to usr/bin, as on
+# every merged-/usr system) and /etc/hosts. Without them the fallback finds the root by /etc/passwd.
+ROOTLIKE: dict[str, str | bytes] = {"/usr/bin/": "", "/etc/hosts": "127.0.0.1 localhost\n"}
+ROOTLIKE_LINKS = {"/bin": "usr/bin"}
+
+
 def verdicts(path: Path) -> dict[str, set[Status]]:
     report = inspect_image(path, build_user="lbuser", build_key=BUILD_KEY)
     out: dict[str, set[Status]] = {}
@@ -52,7 +58,11 @@ def ext4_disk(tmp: Path, files: dict[str, str | bytes], links: dict[str, str], n
     return craft.disk_with_partitions(tmp / f"{name}.raw", [(0x83, fs)], disk_mib=12)
 
 
-@pytest.mark.parametrize("files,links", [(BASE, LINKS), (DIRTY, DIRTY_LINKS)], ids=["clean", "dirty"])
+@pytest.mark.parametrize("files,links", [
+    ({**BASE, **ROOTLIKE}, {**LINKS, **ROOTLIKE_LINKS}),
+    ({**DIRTY, **ROOTLIKE}, {**DIRTY_LINKS, **ROOTLIKE_LINKS}),
+    (DIRTY, DIRTY_LINKS),
+], ids=["clean", "dirty", "dirty-not-rootlike"])  # fmt: skip
 def test_btrfs_root_is_judged_like_ext4(tmp_path: Path, files: dict[str, str | bytes],
                                         links: dict[str, str]) -> None:
     on_btrfs = btrfs_disk(tmp_path, files, links, "b")
@@ -64,8 +74,9 @@ def test_btrfs_root_is_judged_like_ext4(tmp_path: Path, files: dict[str, str | b
 
 def test_separate_var_is_read_from_its_own_filesystem(tmp_path: Path) -> None:
     var_uuid = str(uuid.uuid4())
-    root_files = {**BASE, "/etc/fstab": f"UUID={var_uuid} /var ext4 defaults 0 2\n", "/var/": ""}
-    root_tree = craft.make_tree(tmp_path / "root-tree", root_files, LINKS)
+    fstab = f"UUID={var_uuid} /var ext4 defaults 0 2\n"
+    root_files = {**BASE, **ROOTLIKE, "/etc/fstab": fstab, "/var/": ""}
+    root_tree = craft.make_tree(tmp_path / "root-tree", root_files, {**LINKS, **ROOTLIKE_LINKS})
     # The /var filesystem holds what a build leaves there: cloud-init's instance and waagent's state.
     var_tree = craft.make_tree(tmp_path / "var-tree", {
         "/lib/cloud/instances/iid-local01/boot-finished": "done",
