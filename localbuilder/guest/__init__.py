@@ -109,8 +109,8 @@ class DeprovisionOutcome:
 class Inspection:
     problems: tuple[str, ...]  # checks that ran and failed: the image is not generalized
     report: dict[str, Any]
-    # Checks that could not run (no offline reader for this filesystem yet): said, never a failure — a
-    # VHD is not thrown away for what localbuilder cannot read.
+    # Checks that could not run (no reader could open the root: libguestfs missing, no OS found): said,
+    # never a failure — a VHD is not thrown away for what localbuilder cannot read.
     warnings: tuple[str, ...] = ()
 
 
