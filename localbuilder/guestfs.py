@@ -247,7 +247,7 @@ def find_os(gf: Guestfish, fs_of: dict[str, str]) -> GuestOS | None:
     try:
         roots = gf.call("inspect-os")
     except GuestfsError as exc:
-        log.info("libguestfs's own inspection failed (%s); looking for a Windows volume", exc.message)
+        log.info("libguestfs's own inspection failed (%s); looking for a root by its files", exc.message)
         roots = []
     if not roots:
         return _fallback_root(gf, fs_of)
@@ -296,7 +296,7 @@ def _fallback_root(gf: Guestfish, fs_of: dict[str, str]) -> GuestOS | None:
 
 def _fstab_mounts(gf: Guestfish, fstab: str | None) -> list[tuple[str, str]]:
     """(mount point, device) of the on-disk filesystems ``fstab`` mounts besides /; a source libguestfs
-    cannot resolve is left out (``unmapped_mounts`` then reports it)."""
+    cannot resolve is left out (the inspection then finds it unmapped and gives no verdict)."""
     found = []
     for line in (fstab or "").splitlines():
         fields = line.split()

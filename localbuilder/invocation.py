@@ -51,6 +51,7 @@ class Invocation:
     hypervisor: str = "qemu"
     libvirt_uri: str | None = None
     accel: str = "auto"
+    provisioning: str = "auto"
     network: bool = False
     on_error: str | None = None
     output_dir: Path | None = None  # absolute
@@ -86,6 +87,7 @@ class Invocation:
             "hypervisor": self.hypervisor,
             "libvirtUri": self.libvirt_uri,
             "accel": self.accel,
+            "provisioning": self.provisioning,
             "network": self.network,
             "onError": self.on_error,
             "outputDir": str(self.output_dir) if self.output_dir else None,
@@ -120,6 +122,7 @@ class Invocation:
                 hypervisor=str(d.get("hypervisor") or "qemu"),
                 libvirt_uri=d.get("libvirtUri"),
                 accel=str(d.get("accel") or "auto"),
+                provisioning=str(d.get("provisioning") or "auto"),
                 network=bool(d.get("network", False)),
                 on_error=d.get("onError"),
                 output_dir=Path(d["outputDir"]) if d.get("outputDir") else None,
@@ -157,6 +160,7 @@ class Invocation:
             hypervisor=args.hypervisor or "qemu",
             libvirt_uri=args.libvirt_uri,
             accel=args.accel or "auto",
+            provisioning=getattr(args, "provisioning", None) or "auto",
             network=bool(args.network),
             on_error=args.on_error,
             output_dir=args.output_dir.absolute() if args.output_dir else None,
@@ -229,6 +233,7 @@ class Invocation:
             hypervisor=pick("hypervisor", self.hypervisor),
             libvirt_uri=pick("libvirt_uri", self.libvirt_uri),
             accel=pick("accel", self.accel),
+            provisioning=pick("provisioning", self.provisioning),
             network=pick("network", self.network),
             on_error=pick("on_error", self.on_error),
             output_dir=args.output_dir.absolute() if args.output_dir else self.output_dir,
@@ -257,6 +262,7 @@ class Invocation:
             "--hypervisor", self.hypervisor,
             *(["--libvirt-uri", self.libvirt_uri] if self.libvirt_uri else []),
             "--accel", self.accel,
+            "--provisioning", self.provisioning,
             *(["--network"] if self.network else []),
             *(["--on-error", self.on_error] if self.on_error else []),
             *(["--output-dir", str(self.output_dir)] if self.output_dir else []),

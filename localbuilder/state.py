@@ -307,6 +307,7 @@ class RunRecord:
     guest: ActiveGuest | None = None  # the guest running now (recovery after a SIGKILL)
     # When each `build --resume` continued this run; lastRunStatus.startTime stays the first start.
     resume_times: tuple[str, ...] = ()
+    provisioning: Mapping[str, Any] | None = None  # how the build guest was provisioned, and why
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -323,6 +324,7 @@ class RunRecord:
             "failedStep": self.failed_step,
             "guest": self.guest.as_dict() if self.guest else None,
             "resumeTimes": list(self.resume_times),
+            "provisioning": dict(self.provisioning) if self.provisioning else None,
         }
 
     @classmethod
@@ -340,6 +342,7 @@ class RunRecord:
             failed_step=d.get("failedStep"),
             guest=ActiveGuest.from_dict(d["guest"]) if d.get("guest") else None,
             resume_times=tuple(str(t) for t in d.get("resumeTimes") or ()),
+            provisioning=d.get("provisioning") or None,
         )
 
     @property

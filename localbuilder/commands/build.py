@@ -95,6 +95,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--accel", choices=["auto", "kvm", "tcg"], default=None, help="accelerator (default: auto)"
     )
     parser.add_argument(
+        "--provisioning", choices=["auto", "nocloud"], default=None,
+        help="how the build guest is provisioned: auto reads the Linux source's cloud-init and waagent "
+        "configuration before booting it and refuses a source that would ignore a NoCloud seed; nocloud "
+        "boots with the seed without asking (default: auto)",
+    )
+    parser.add_argument(
         "--network", action=argparse.BooleanOptionalAction, default=None,
         help="give the guest outbound network access (default: isolated, only the SSH forward)",
     )  # fmt: skip
@@ -230,6 +236,7 @@ def _build(
         accel=inv.accel,
         network=inv.network,
         progress=sys.stderr.isatty() and not args.quiet,
+        provisioning=inv.provisioning,
     )
     azure = _azure(
         inv.staging, inv.staging_account_id, inv.dry_run_azure, json_output=args.json, quiet=args.quiet
@@ -330,7 +337,7 @@ def _build_many(args: argparse.Namespace) -> int:
     _azure_options(args)  # a bad --staging fails before any build starts
     # Room for every build's VHDs at once (--parallel N may run them all together), summed per filesystem.
 
-    platform = LocalPlatform()  # only resolves sources here
+    platform = LocalPlatform(provisioning="nocloud")  # only resolves sources here, for their sizes
     room.check(
         need
         for template, inv in zip(templates, invocations, strict=True)

@@ -27,6 +27,7 @@ from localbuilder.checkpoints import Entry, LiveMeta
 from localbuilder.communicator import CommandResult, Communicator
 from localbuilder.errors import LocalBuilderError
 from localbuilder.hypervisor import Guest
+from localbuilder.provisioning import Provisioning
 from localbuilder.state import KeptGuest
 from localbuilder.template.model import OsType
 
@@ -49,6 +50,7 @@ class SourceImage:
     os: OsType
     label: str  # what the user called it (URN, resource id)
     uefi: bool = False
+    provisioning: Provisioning | None = None  # how its build guest is provisioned (Linux sources)
 
 
 @dataclasses.dataclass(frozen=True)

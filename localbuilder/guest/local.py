@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from localbuilder import provisioning
 from localbuilder.catalog import Catalog, Generation
 from localbuilder.checkpoints import (
     KEY,
@@ -44,6 +45,7 @@ from localbuilder.hypervisor.probe import resolve_accel
 from localbuilder.hypervisor.sizes import guest_shape
 from localbuilder.hypervisor.spec import Accel
 from localbuilder.inspect import inspect_image
+from localbuilder.provisioning import provisioning_request
 from localbuilder.quiesce import confirm, quiesced
 from localbuilder.room import measured_data
 from localbuilder.run import run
@@ -148,7 +150,9 @@ class LocalPlatform:
         accel: str = "auto",
         network: bool = False,
         progress: bool = True,
+        provisioning: str = "auto",
     ) -> None:
+        self.provisioning = provisioning_request(provisioning)
         self.backend = backend
         self.libvirt_uri = libvirt_uri
         self.accel_request = accel
@@ -159,12 +163,19 @@ class LocalPlatform:
 
     def resolve(self, source: Any) -> SourceImage:
         entry = Catalog().resolve(source)
+        os_type = OsType(str(entry.os))
+        how = None
+        if os_type is OsType.linux:
+            # Before any guest boots: would this source's cloud-init read our NoCloud seed at all?
+            how = provisioning.for_source(entry.path, entry.sha256, entry.ref, request=self.provisioning,
+                                          tcg=self._accel_value() is Accel.tcg)
         return SourceImage(
             path=entry.path,
             format=str(entry.format),
-            os=OsType(str(entry.os)),
+            os=os_type,
             label=entry.ref,
             uefi=entry.generation is Generation.V2,
+            provisioning=how,
         )
 
     def _hypervisor(self) -> Hypervisor:

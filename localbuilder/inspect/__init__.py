@@ -30,6 +30,7 @@ from localbuilder import guestfs, vhd
 from localbuilder.diskread import (
     LINUX_ROOT_X86_64,
     Ext4Reader,
+    FileReader,
     Partition,
     ReadAt,
     detect_filesystem,
@@ -43,9 +44,13 @@ from localbuilder.inspect.report import CheckResult, GeneralizationReport, Statu
 from localbuilder.run import run
 from localbuilder.template.model import OsType
 
-__all__ = ["CheckResult", "GeneralizationReport", "Status", "inspect_image"]
+__all__ = ["CheckResult", "GeneralizationReport", "Status", "inspect_image", "open_linux_root"]
 
 log = logging.getLogger("localbuilder.inspect")
+
+# Where a Linux root can be that debugfs does not read; an ext partition without /etc/passwd is a separate
+# /boot, not a root. A disk with none of these is not worth an appliance boot for ``open_linux_root``.
+LINUX_ROOT_FILESYSTEMS = frozenset({"xfs", "btrfs", "lvm2"})
 
 # Formats whose magic tells us qemu-img must translate them to raw first.
 QEMU_MAGIC = {b"QFI\xfb": "qcow2", b"KDMV": "vmdk", b"vhdxfile": "vhdx", b"conectix": "vpc"}
@@ -96,6 +101,37 @@ def _find_root(fs_of: dict[int, str], parts: list[Partition], raw: Path) -> Part
             if etc is not None and "passwd" in etc:
                 return p
     return None
+
+
+@contextlib.contextmanager
+def open_linux_root(path: Path, *, tcg: bool | None = None) -> Iterator[tuple[FileReader | None, str]]:
+    """The Linux root of the image at ``path`` for reading, with the same two readers as the inspection:
+    (reader, how it was read) — or (None, why not) when no reader can open it (Windows, libguestfs missing,
+    no Linux found). For questions about a *source* image before it boots (``localbuilder.provisioning``)."""
+    with _as_raw(path) as (raw, disk_size, _fmt):
+        read_at = ReadAt(raw, disk_size)
+        parts = parse_partitions(read_at, disk_size)
+        fs_of = {p.number: detect_filesystem(read_at, p.start) for p in parts}
+        root = _find_root(fs_of, parts, raw)
+        if root is not None:
+            yield Ext4Reader(raw, root.start), "debugfs"
+            return
+        if not set(fs_of.values()) & LINUX_ROOT_FILESYSTEMS:
+            yield None, "no filesystem a Linux root lives on (partitions: " + \
+                (", ".join(f"{n}: {fs}" for n, fs in fs_of.items()) or "none") + ")"
+            return
+        missing = guestfs.unavailable()
+        if missing is not None:
+            yield None, f"no ext2/3/4 root, and {missing}"
+            return
+        with guestfs.Guestfish(tcg=not cached_probe().usable if tcg is None else tcg) as gf:
+            gf.launch(raw, "raw")
+            os_ = guestfs.find_os(gf, guestfs.filesystems(gf))
+            if os_ is None or os_.type != "linux":
+                yield None, "libguestfs found no Linux root"
+                return
+            guestfs.mount_all(gf, os_)
+            yield guestfs.GuestfsReader(gf), "libguestfs"
 
 
 def inspect_image(

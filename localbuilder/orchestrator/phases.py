@@ -265,6 +265,10 @@ class Build:
                 self.digests = {uri: f.sha256 for uri, f in inputs.items()}
                 image = self.platform.resolve(tpl.source)
                 self.source_image = image
+                if image.provisioning is not None:
+                    self.clog.event(f"provisioning: {image.provisioning.describe()}")
+                    self.record = dataclasses.replace(self.record, provisioning=image.provisioning.as_dict())
+                    self._save()
         self.interrupts.check()
         if validate is not None and validate.source_validation_only:
             # "The image specified in source is validated directly; no separate build" (swagger).

@@ -61,13 +61,15 @@ def report(capsys: pytest.CaptureFixture[str], text: str) -> None:
     ("panic", "the guest's kernel panicked", "Kernel panic - not syncing: VFS: Unable to mount root fs"),
     ("noroot", "the root filesystem was not found", "does not exist.  Dropping to a shell!"),
     ("badsshd", "the SSH server (sshd) failed to start", "Failed to start ssh.servic"),
+    # Refused before boot by default (test below); booted anyway, the watch still names what the guest did.
     ("azureonly", "the guest ignored the build's NoCloud seed", "Generating public/private ed25519 key pair"),
 ])  # fmt: skip
 def test_a_broken_source_fails_fast_naming_the_cause(
     home: Path, tmp_path: Path, debian_image: Any, capsys: pytest.CaptureFixture[str],
     kind: str, cause: str, console: str,
 ) -> None:  # fmt: skip
-    code, seconds, rundir = build_variant(kind, debian_image, tmp_path)
+    extra = ("--provisioning", "nocloud") if kind == "azureonly" else ()
+    code, seconds, rundir = build_variant(kind, debian_image, tmp_path, *extra)
     record = rundir.read()
     message = record.last_run_status.message
     report(capsys, f"{kind}: Failed after {seconds:.0f} s (was: the 20-minute SSH wait) — "
@@ -80,6 +82,24 @@ def test_a_broken_source_fails_fast_naming_the_cause(
     assert "serial.log" in message, message
     assert processes_mentioning(str(rundir.path)) == []
     assert list((tmp_path / "out").glob("*.vhd")) == []
+
+
+def test_an_azure_only_source_is_refused_before_boot(
+    home: Path, tmp_path: Path, debian_image: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # cloud-init limited to [ Azure ] (as in Debian's and Ubuntu's Azure images): the NoCloud seed would be
+    # ignored. The source's own files say so before any guest boots.
+    code, seconds, rundir = build_variant("azureonly", debian_image, tmp_path)
+    record = rundir.read()
+    message = record.last_run_status.message
+    first = message.splitlines()[0][:140]
+    report(capsys, f"azureonly (auto): Failed after {seconds:.0f} s, before boot — {first}")
+    assert code == 1 and record.run_state is RunState.Failed, message
+    assert "provisions only the Azure way" in message, message
+    assert "datasource_list [Azure] in /etc/cloud/cloud.cfg.d/90-localbuilder.cfg" in message, message
+    assert "--provisioning nocloud" in message, message
+    assert not list(rundir.path.rglob("serial.log")), "no guest may boot"
+    assert record.provisioning is None
 
 
 def test_a_slow_but_healthy_boot_is_not_failed_early(
@@ -96,4 +116,7 @@ def test_a_slow_but_healthy_boot_is_not_failed_early(
     build_log = (rundir.path / "build.log").read_text()
     assert "still waiting for SSH on 127.0.0.1:" in build_log
     assert '"bootTimeout": 600' in (rundir.path / "invocation.json").read_text()
+    # The source's cloud-init lists NoCloud: decided from its files, recorded in the run.
+    assert record.provisioning is not None and record.provisioning["mode"] == "nocloud"
+    assert record.provisioning["decidedBy"] == "source files"
     assert processes_mentioning(str(rundir.path)) == []
