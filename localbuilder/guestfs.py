@@ -214,12 +214,22 @@ class GuestOS:
 
 
 def filesystems(gf: Guestfish) -> dict[str, str]:
-    """Every filesystem libguestfs can see (partitions and logical volumes): device → type."""
+    """What is on every partition and logical volume (a whole disk without partitions too): device → type.
+
+    One ``vfs-type`` (blkid) per device rather than ``list-filesystems``, which also probes each one by
+    mounting it: 13.6 s against ~1 s for an LVM disk under TCG.
+    """
+    devices = gf.call("list-partitions") + gf.call("lvs")
+    if not devices:
+        devices = gf.call("list-devices")
     found = {}
-    for line in gf.call("list-filesystems"):
-        dev, _, fs = line.partition(": ")
-        if dev:
-            found[dev] = fs or "unknown"
+    for dev in devices:
+        try:
+            kind = gf.call("vfs-type", dev)
+        except GuestfsError:
+            kind = []
+        name = kind[0] if kind and kind[0] else "unknown"
+        found[dev] = {"LVM2_member": "lvm2"}.get(name, name)
     return found
 
 
