@@ -85,6 +85,7 @@ class Guestfish:
         self._count = 0
         self._buffer = b""
         self._stuck = False  # a request timed out: guestfish may never read its stdin again
+        self._newline_due = False
         self._scratch = Path(tempfile.mkdtemp(prefix="localbuilder-guestfs-"))
 
     def __enter__(self) -> Guestfish:
@@ -142,6 +143,9 @@ class Guestfish:
                     )
                 self._buffer += chunk
         reply, self._buffer = self._buffer[:at], self._buffer[at + len(sentinel):]
+        if self._newline_due:  # the previous sentinel's newline came in a later read
+            reply = reply.removeprefix(b"\n")
+        self._newline_due = not self._buffer.startswith(b"\n")
         self._buffer = self._buffer.removeprefix(b"\n")
         return reply
 

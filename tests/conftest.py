@@ -24,3 +24,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.longrepr = f"integration test skipped in CI (not allowed): {reason}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules that boot guests first, the fast ones after them, each module's tests kept together.
+
+    pytest-xdist (``--dist loadfile``) hands whole modules to the workers in this order: started early,
+    the long real-guest modules run side by side and the quick modules fill the end, instead of one
+    worker finishing a five-minute module alone while the other idles.
+    """
+    heavy = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("integration")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in heavy)  # stable: order kept within

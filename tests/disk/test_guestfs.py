@@ -64,6 +64,19 @@ def test_replies_errors_and_a_hostile_name(fake_guestfish: None) -> None:
         assert gf.call("args", 'a "q" \\ b', "line\nbreak") == [r'-args "a \"q\" \\ b" "line\x0abreak"']
 
 
+def test_a_reply_split_anywhere_reads_the_same(
+    fake_guestfish: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipe may deliver a reply in pieces (a sentinel without its newline): read one byte at a time."""
+    real_read = os.read
+    monkeypatch.setattr(guestfs.os, "read", lambda fd, n: real_read(fd, 1))
+    with guestfs.Guestfish() as gf:
+        for _ in range(3):
+            assert gf.call("args", "x") == ['-args "x"']
+            with pytest.raises(guestfs.GuestfsError):
+                gf.call("fail")
+
+
 def test_a_silent_guestfish_times_out_and_a_dead_one_is_reported(fake_guestfish: None) -> None:
     with guestfs.Guestfish() as gf, pytest.raises(guestfs.GuestfsError, match="did not answer within 1 s"):
         gf.call("hang", timeout=1)
