@@ -166,9 +166,10 @@ class LocalPlatform:
         os_type = OsType(str(entry.os))
         how = None
         if os_type is OsType.linux:
-            # Before any guest boots: would this source's cloud-init read our NoCloud seed at all?
-            how = provisioning.for_source(entry.path, entry.sha256, entry.ref, request=self.provisioning,
-                                          tcg=self._accel_value() is Accel.tcg)
+            # Before any guest boots: would this source's cloud-init read our NoCloud seed at all? (A
+            # libguestfs appliance, if reading it needs one, follows the KVM probe: no accelerator is
+            # resolved, and no fallback warning printed, before the build decides to boot.)
+            how = provisioning.for_source(entry.path, entry.sha256, entry.ref, request=self.provisioning)
         return SourceImage(
             path=entry.path,
             format=str(entry.format),
