@@ -210,6 +210,30 @@ def ext_needs_recovery(read_at: ReadAt, start: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------
+# What the guest mounts
+
+
+# Filesystem types an fstab names that are not on a disk: nothing of theirs can be read offline.
+NOT_ON_DISK = frozenset({"swap", "tmpfs", "proc", "sysfs", "devpts", "devtmpfs", "none", "efivarfs"})
+
+
+def fstab_mounts(text: str | None) -> list[tuple[str, str]]:
+    """(source, mount point) of each on-disk filesystem an fstab mounts besides /: no swap, no virtual
+    filesystem, no bind mount; mount points unescaped (``\\040`` is a space) and without a trailing /."""
+    found = []
+    for line in (text or "").splitlines():
+        fields = line.split()
+        if len(fields) < 3 or fields[0].startswith("#"):
+            continue
+        point = fields[1].replace("\\040", " ").rstrip("/") or "/"
+        options = fields[3] if len(fields) > 3 else ""
+        if point == "/" or not point.startswith("/") or fields[2] in NOT_ON_DISK or "bind" in options:
+            continue
+        found.append((fields[0], point))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------
 # Reading an ext filesystem with debugfs
 
 

@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 
 from localbuilder import run as runmod
-from localbuilder.diskread import Entry
+from localbuilder.diskread import Entry, fstab_mounts
 from localbuilder.errors import InspectionError
 
 log = logging.getLogger("localbuilder.guestfs")
@@ -312,12 +312,7 @@ def _fstab_mounts(gf: Guestfish, fstab: str | None) -> list[tuple[str, str]]:
     """(mount point, device) of the on-disk filesystems ``fstab`` mounts besides /; a source libguestfs
     cannot resolve is left out (the inspection then finds it unmapped and gives no verdict)."""
     found = []
-    for line in (fstab or "").splitlines():
-        fields = line.split()
-        if len(fields) < 3 or fields[0].startswith("#") or fields[1] in ("/", "none") or \
-                not fields[1].startswith("/") or fields[2] in ("swap", "tmpfs", "proc", "sysfs", "devpts"):
-            continue
-        spec = fields[0]
+    for spec, point in fstab_mounts(fstab):
         try:
             if spec.startswith(("UUID=", "LABEL=")):
                 kind, _, value = spec.partition("=")
@@ -328,7 +323,7 @@ def _fstab_mounts(gf: Guestfish, fstab: str | None) -> list[tuple[str, str]]:
                 continue
         except GuestfsError:
             continue
-        found.append((fields[1].replace("\\040", " "), dev))
+        found.append((point, dev))
     return found
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from localbuilder.diskread import FileReader
+from localbuilder.diskread import FileReader, fstab_mounts
 from localbuilder.inspect.report import CheckResult, Status
 from localbuilder.quiesce import MARKER_DIR
 
@@ -287,19 +287,9 @@ def os_name(fs: FileReader) -> str:
 # What the checks read. A filesystem mounted at boot on one of these (or above one) holds what the checks
 # must see: reading only the root's empty mount point there would pass a dirty image.
 CHECKED_PATHS = ("/etc", "/root", "/home", "/tmp", "/var/lib/cloud", "/var/lib/waagent", "/var/lib/dbus")
-NOT_ON_DISK = frozenset({"swap", "tmpfs", "proc", "sysfs", "devpts", "devtmpfs", "none", "efivarfs"})
 
 
 def separate_mounts(fstab: str | None) -> list[str]:
     """Mount points in ``fstab`` other than / that hold (or contain) a path the checks read."""
-    found = []
-    for line in (fstab or "").splitlines():
-        fields = line.split()
-        if len(fields) < 3 or fields[0].startswith("#"):
-            continue
-        point, fstype = fields[1].replace("\\040", " ").rstrip("/") or "/", fields[2]
-        if point == "/" or fstype in NOT_ON_DISK or "bind" in (fields[3] if len(fields) > 3 else ""):
-            continue
-        if any(p == point or p.startswith(point + "/") for p in CHECKED_PATHS):
-            found.append(point)
-    return found
+    return [point for _, point in fstab_mounts(fstab)
+            if any(p == point or p.startswith(point + "/") for p in CHECKED_PATHS)]
