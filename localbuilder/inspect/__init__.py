@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from localbuilder import guestfs, vhd
@@ -103,16 +103,37 @@ def _find_root(fs_of: dict[int, str], parts: list[Partition], raw: Path) -> Part
     return None
 
 
+def _layout(raw: Path, disk_size: int) -> tuple[ReadAt, list[Partition], dict[int, str], Partition | None]:
+    """The disk's partitions, each one's filesystem (by superblock), and the ext root debugfs can read."""
+    read_at = ReadAt(raw, disk_size)
+    parts = parse_partitions(read_at, disk_size)
+    fs_of = {p.number: detect_filesystem(read_at, p.start) for p in parts}
+    return read_at, parts, fs_of, _find_root(fs_of, parts, raw)
+
+
+def _windows_by_superblock(filesystems: Iterable[str]) -> OsType | None:
+    """Windows when a partition is NTFS or BitLocker: what a disk is, even when nothing more can be read."""
+    return OsType.windows if {"ntfs", "bitlocker"} & set(filesystems) else None
+
+
+@contextlib.contextmanager
+def _appliance(raw: Path, tcg: bool | None) -> Iterator[tuple[guestfs.Guestfish, dict[str, str],
+                                                              guestfs.GuestOS | None]]:
+    """libguestfs's appliance on ``raw`` (kept off KVM unless the probe says it works, for ``tcg`` None):
+    the filesystems it sees and the operating system it found, not yet mounted."""
+    with guestfs.Guestfish(tcg=not cached_probe().usable if tcg is None else tcg) as gf:
+        gf.launch(raw, "raw")
+        fs_of = guestfs.filesystems(gf)
+        yield gf, fs_of, guestfs.find_os(gf, fs_of)
+
+
 @contextlib.contextmanager
 def open_linux_root(path: Path, *, tcg: bool | None = None) -> Iterator[tuple[FileReader | None, str]]:
     """The Linux root of the image at ``path`` for reading, with the same two readers as the inspection:
     (reader, how it was read) — or (None, why not) when no reader can open it (Windows, libguestfs missing,
     no Linux found). For questions about a *source* image before it boots (``localbuilder.provisioning``)."""
     with _as_raw(path) as (raw, disk_size, _fmt):
-        read_at = ReadAt(raw, disk_size)
-        parts = parse_partitions(read_at, disk_size)
-        fs_of = {p.number: detect_filesystem(read_at, p.start) for p in parts}
-        root = _find_root(fs_of, parts, raw)
+        _, _, fs_of, root = _layout(raw, disk_size)
         if root is not None:
             yield Ext4Reader(raw, root.start), "debugfs"
             return
@@ -124,9 +145,7 @@ def open_linux_root(path: Path, *, tcg: bool | None = None) -> Iterator[tuple[Fi
         if missing is not None:
             yield None, f"no ext2/3/4 root, and {missing}"
             return
-        with guestfs.Guestfish(tcg=not cached_probe().usable if tcg is None else tcg) as gf:
-            gf.launch(raw, "raw")
-            os_ = guestfs.find_os(gf, guestfs.filesystems(gf))
+        with _appliance(raw, tcg) as (gf, _, os_):
             if os_ is None or os_.type != "linux":
                 yield None, "libguestfs found no Linux root"
                 return
@@ -146,9 +165,7 @@ def inspect_image(
     """
     started = time.monotonic()
     with _as_raw(path) as (raw, disk_size, fmt):
-        read_at = ReadAt(raw, disk_size)
-        parts = parse_partitions(read_at, disk_size)
-        fs_of = {p.number: detect_filesystem(read_at, p.start) for p in parts}
+        read_at, parts, fs_of, root = _layout(raw, disk_size)
         log.debug("partitions of %s: %s", path, [(p.number, p.type, fs_of[p.number]) for p in parts])
         report = GeneralizationReport(
             image=str(path), image_format=fmt, disk_size=disk_size, partitions=tuple(parts),
@@ -156,7 +173,6 @@ def inspect_image(
             filesystem="", os=None, os_name="", inspected=False, reason="", build_user=build_user,
             checks=(), tmp_leftovers=(), authorized_keys=(),
         )  # fmt: skip
-        root = _find_root(fs_of, parts, raw)
         why_guestfs = ""
         if root is not None:
             fs = Ext4Reader(raw, root.start)
@@ -170,13 +186,10 @@ def inspect_image(
             why_guestfs = f"no ext2/3/4 root on a partition (partitions {seen})"
         missing = guestfs.unavailable()
         if missing is not None:
-            windows_disk = bool({"ntfs", "bitlocker"} & set(fs_of.values()))
             return dataclasses.replace(
-                report, os=OsType.windows if windows_disk else None,
+                report, os=_windows_by_superblock(fs_of.values()),
                 reason=f"{why_guestfs}; reading it needs libguestfs, but {missing}",
             )  # fmt: skip
-        if tcg is None:
-            tcg = not cached_probe().usable
         log.info("inspecting %s with libguestfs (%s)", path, why_guestfs)
         try:
             done = _inspect_guestfs(report, raw, build_key, tcg=tcg)
@@ -218,18 +231,14 @@ def _partition_of(device: str, report: GeneralizationReport) -> Partition | None
     return pvs[0] if len(pvs) == 1 else None
 
 
-def _inspect_guestfs(report: GeneralizationReport, raw: Path, build_key: str | None, *, tcg: bool
+def _inspect_guestfs(report: GeneralizationReport, raw: Path, build_key: str | None, *, tcg: bool | None
                      ) -> GeneralizationReport:
-    with guestfs.Guestfish(tcg=tcg) as gf:
-        gf.launch(raw, "raw")
-        fs_of = guestfs.filesystems(gf)
+    with _appliance(raw, tcg) as (gf, fs_of, os_):
         found = dataclasses.replace(report, volumes=guestfs.volumes(gf, fs_of))
-        os_ = guestfs.find_os(gf, fs_of)
         if os_ is None:
             seen = ", ".join(f"{d}: {t}" for d, t in fs_of.items()) or "none"
-            windows_disk = bool({"ntfs", "bitlocker"} & set(report.filesystems))
             return dataclasses.replace(
-                found, os=OsType.windows if windows_disk else None,
+                found, os=_windows_by_superblock(report.filesystems),
                 reason=f"libguestfs found no operating system on the disk (filesystems {seen})",
             )  # fmt: skip
         found = dataclasses.replace(
