@@ -242,13 +242,8 @@ def volumes(gf: Guestfish, fs_of: dict[str, str]) -> tuple[Volume, ...]:
     for dev in gf.call("lvs"):
         size = int(gf.call("blockdev-getsize64", dev)[0])
         name = dev.removeprefix("/dev/")
-        out.append(Volume(name, dev, size, fs_of.get(dev) or fs_of.get(_mapper(name), "unknown")))
+        out.append(Volume(name, dev, size, fs_of.get(dev, "unknown")))
     return tuple(out)
-
-
-def _mapper(name: str) -> str:
-    vg, _, lv = name.partition("/")
-    return f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}"
 
 
 def find_os(gf: Guestfish, fs_of: dict[str, str]) -> GuestOS | None:

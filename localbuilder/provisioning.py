@@ -168,7 +168,8 @@ def read_agents(fs: FileReader) -> Agents:
                 datasources, source = found, f"{CLOUD_CFG_D}/{name}"
     conf = fs.read_text(WAAGENT_CONF)
     settings = waagent_settings(conf or "")
-    cloud_init_runs = cfg is not None and fs.entry(CLOUD_DISABLED) is None
+    disabled = fs.entry(CLOUD_DISABLED) is not None
+    cloud_init_runs = cfg is not None and not disabled
     agent = settings.get("Provisioning.Agent", "").lower()
     if agent:
         provisions = agent == "waagent" or (agent == "auto" and not cloud_init_runs)
@@ -181,7 +182,7 @@ def read_agents(fs: FileReader) -> Agents:
         provisions = not cloud_init_runs  # the agent's default is auto
         setting = "Provisioning.Agent unset (auto)"
     return Agents(
-        cloud_init=cfg is not None, cloud_init_disabled=fs.entry(CLOUD_DISABLED) is not None,
+        cloud_init=cfg is not None, cloud_init_disabled=disabled,
         datasources=tuple(datasources) if datasources is not None else None, datasources_from=source,
         waagent=conf is not None, waagent_provisions=conf is not None and provisions, waagent_setting=setting,
     )  # fmt: skip
