@@ -28,6 +28,8 @@ PACKAGE_OF: dict[str, str] = {
     "debootstrap": "debootstrap",
     "debugfs": "e2fsprogs",
     "mkfs.ext4": "e2fsprogs",
+    "mkfs.xfs": "xfsprogs",
+    "lvm": "lvm2",
     "losetup": "mount",
     "partx": "util-linux",
     "sfdisk": "fdisk",

@@ -317,16 +317,21 @@ def _copy_tree(src: Path, dst: Path) -> None:
         _stream(cmd, on_line)
 
 
+def _block_node(node: Path, device: str, mode: int) -> None:
+    """Make ``node`` a block device node for kernel block device ``device`` (``loop3p1``), from sysfs."""
+    major, minor = (int(x) for x in (Path("/sys/class/block") / device / "dev").read_text().split(":"))
+    os.mknod(node, mode | stat.S_IFBLK, os.makedev(major, minor))
+
+
 def _partition_node(loop: str, number: int) -> str:
     """``/dev/loopNpM``; created from sysfs when devtmpfs did not (no udev on these hosts, FACTS §2)."""
     node = f"{loop}p{number}"
     deadline = time.monotonic() + 5
-    sysfs = Path("/sys/class/block") / f"{Path(loop).name}p{number}" / "dev"
+    name = f"{Path(loop).name}p{number}"
     while not Path(node).exists():
-        if sysfs.exists() and time.monotonic() > deadline - 4:
-            major, minor = (int(x) for x in sysfs.read_text().split(":"))
+        if (Path("/sys/class/block") / name / "dev").exists() and time.monotonic() > deadline - 4:
             with contextlib.suppress(FileExistsError):
-                os.mknod(node, 0o660 | 0o060000, os.makedev(major, minor))  # S_IFBLK
+                _block_node(Path(node), name, 0o660)
         if time.monotonic() > deadline:
             raise SourceError(
                 f"partition node {node} did not appear after partx --add {loop}",
@@ -400,14 +405,26 @@ def _install_efi_loader(mnt: Path, esp: str, root_uuid: str) -> None:
     (mnt / "tmp/BOOTX64.EFI").unlink()
 
 
-def _make_disk(recipe: DebianRecipe, tree: Path, raw: Path, mnt: Path) -> None:
-    uefi = recipe.firmware is Firmware.uefi
+def _partitioned_loop(raw: Path, size_bytes: int, layout: str) -> str:
+    """A sparse ``raw`` disk partitioned by the sfdisk script ``layout``, attached to a loop device whose
+    partitions the kernel knows; the loop device's path. ``_release`` undoes it."""
     with open(raw, "wb") as fh:
-        fh.truncate(recipe.size_bytes)  # sparse
-    runmod.run(["sfdisk", "--quiet", raw], input=_GPT_LAYOUT if uefi else _MBR_LAYOUT)
+        fh.truncate(size_bytes)  # sparse
+    runmod.run(["sfdisk", "--quiet", raw], input=layout)
     loop = runmod.run(["losetup", "--find", "--show", raw]).stdout.strip()
     log.debug("attached %s to %s", raw, loop)
     runmod.run(["partx", "--add", loop])
+    return loop
+
+
+def _release(loop: str) -> None:
+    runmod.run(["partx", "--delete", loop])
+    runmod.run(["losetup", "--detach", loop])
+
+
+def _make_disk(recipe: DebianRecipe, tree: Path, raw: Path, mnt: Path) -> None:
+    uefi = recipe.firmware is Firmware.uefi
+    loop = _partitioned_loop(raw, recipe.size_bytes, _GPT_LAYOUT if uefi else _MBR_LAYOUT)
     part = _partition_node(loop, 3 if uefi else 1)
     root_uuid = str(uuid.uuid4())
     runmod.run(["mkfs.ext4", "-q", "-U", root_uuid, "-L", "cloudimg-rootfs", part])
@@ -432,29 +449,25 @@ def _make_disk(recipe: DebianRecipe, tree: Path, raw: Path, mnt: Path) -> None:
     # Give the unused blocks back to the sparse file so the qcow2 conversion skips them.
     runmod.run(["fstrim", mnt])
     runmod.run(["umount", mnt])
-    runmod.run(["partx", "--delete", loop])
-    runmod.run(["losetup", "--detach", loop])
+    _release(loop)
 
 
 # lvm-xfs (BIOS): /boot as an ext4 partition (GRUB reads only it, so its core needs no LVM or XFS module),
-# then one LVM partition (type 8e) for the volume group.
-def _lvm_layout(boot_mib: int) -> str:
-    boot = boot_mib * 2048  # sectors
-    return f"label: dos\nstart=2048, size={boot}, type=83, bootable\nstart={2048 + boot}, type=8e\n"
+# then one LVM partition (type 8e) for the volume group, from _LVM_PV_SECTOR to the end.
+_LVM_PV_SECTOR = 2048 + BOOT_MIB * 2048
+_LVM_LAYOUT = (
+    f"label: dos\nstart=2048, size={BOOT_MIB * 2048}, type=83, bootable\nstart={_LVM_PV_SECTOR}, type=8e\n"
+)
 
 
 def _make_lvm_disk(recipe: DebianRecipe, tree: Path, raw: Path, mnt: Path) -> None:
     """RHEL's layout: /boot on ext4, / and /var as XFS on logical volumes of ``rootvg`` (``lvm.py`` says
     how, without device-mapper). Everything is mounted where the guest mounts it, then the tree copied."""
-    with open(raw, "wb") as fh:
-        fh.truncate(recipe.size_bytes)
-    runmod.run(["sfdisk", "--quiet", raw], input=_lvm_layout(BOOT_MIB))
-    loop = runmod.run(["losetup", "--find", "--show", raw]).stdout.strip()
-    runmod.run(["partx", "--add", loop])
+    loop = _partitioned_loop(raw, recipe.size_bytes, _LVM_LAYOUT)
     boot, pv = _partition_node(loop, 1), _partition_node(loop, 2)
     boot_uuid = str(uuid.uuid4())
     runmod.run(["mkfs.ext4", "-q", "-U", boot_uuid, "-L", "boot", boot])
-    pv_start = (2048 + BOOT_MIB * 2048) * 512
+    pv_start = _LVM_PV_SECTOR * 512
     vols = {v.name: v for v in lvm.create(pv, VOLUME_GROUP, [("varlv", VAR_MIB), ("rootlv", None)])}
     devices = {}
     for name, vol in vols.items():
@@ -465,10 +478,8 @@ def _make_lvm_disk(recipe: DebianRecipe, tree: Path, raw: Path, mnt: Path) -> No
     # GRUB's 10_linux writes no menu entry when / is a loop device over a file (/dev/loopN): mount the
     # root volume through a second node of the same device under another name.
     root_node = Path(f"/dev/lb-rootlv-{Path(devices['rootlv']).name}")
-    major, minor = (int(x) for x in (Path("/sys/class/block") / Path(devices["rootlv"]).name / "dev")
-                    .read_text().split(":"))
     root_node.unlink(missing_ok=True)
-    os.mknod(root_node, 0o600 | stat.S_IFBLK, os.makedev(major, minor))
+    _block_node(root_node, Path(devices["rootlv"]).name, 0o600)
     try:
         mnt.mkdir()
         runmod.run(["mount", root_node, mnt])
@@ -489,8 +500,7 @@ def _make_lvm_disk(recipe: DebianRecipe, tree: Path, raw: Path, mnt: Path) -> No
         root_node.unlink(missing_ok=True)
     for dev in devices.values():
         runmod.run(["losetup", "--detach", dev])
-    runmod.run(["partx", "--delete", loop])
-    runmod.run(["losetup", "--detach", loop])
+    _release(loop)
 
 
 def build_image(recipe: DebianRecipe, dest: Path, *, scratch: Path | None = None) -> BuiltImage:
@@ -501,8 +511,7 @@ def build_image(recipe: DebianRecipe, dest: Path, *, scratch: Path | None = None
     )
     for tool in tools:
         if runmod.which(tool) is None:
-            fallback = {"cp": "coreutils", "chroot": "coreutils", "mmd": "mtools", "lvm": "lvm2",
-                        "mkfs.xfs": "xfsprogs"}.get(tool, tool)
+            fallback = {"cp": "coreutils", "chroot": "coreutils", "mmd": "mtools"}.get(tool, tool)
             pkg = runmod.PACKAGE_OF.get(tool, fallback)
             raise SourceError(f"{tool} not found", hint=f"Install it: apt-get install {pkg}")
     started = time.monotonic()
