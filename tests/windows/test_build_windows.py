@@ -23,7 +23,7 @@ from localbuilder.orchestrator import Build, BuildOptions
 from localbuilder.state import RunState
 from localbuilder.template import parse_template
 from localbuilder.template.load import load_documents
-from localbuilder.template.model import OsType
+from localbuilder.template.model import OsType, Template
 from localbuilder.windows import deprovision_windows
 from tests.windows.guest_model import SEALED, WindowsGuest
 from tests.windows.helpers import USER, ServerGuest, connect, server_from_media
@@ -204,13 +204,9 @@ class ModelledGuest(WindowsGuest):
         return code
 
 
-def test_windows_boot_path_through_build(corpus_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("localbuilder.windows.restart.CHECK_INTERVAL", 0.05)
-    from localbuilder.run import run
-    from localbuilder.vhd import check_fixed_vhd
-
-    base = tmp_path / "win.qcow2"
-    run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"])
+def vhd_template(corpus_dir: Path, tmp_path: Path) -> Template:
+    """The corpus template with its script and page as local files, one VHD target ``win`` and a 1 GiB OS
+    disk: what the builds through ``FakeHypervisorPlatform`` run."""
     script = tmp_path / "testPsScript.ps1"
     script.write_text(TEST_PS_SCRIPT)
     index = tmp_path / "index.html"
@@ -226,6 +222,17 @@ def test_windows_boot_path_through_build(corpus_dir: Path, tmp_path: Path, monke
     )
     template, _ = parse_template(loaded[0])
     assert template is not None
+    return template
+
+
+def test_windows_boot_path_through_build(corpus_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("localbuilder.windows.restart.CHECK_INTERVAL", 0.05)
+    from localbuilder.run import run
+    from localbuilder.vhd import check_fixed_vhd
+
+    base = tmp_path / "win.qcow2"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"])
+    template = vhd_template(corpus_dir, tmp_path)
     platform = FakeHypervisorPlatform(base, tmp_path)
     # A guest that is a host process (direct qemu: HasPid) is recorded with its pid, so that recovery
     # finds a SIGKILLed build's Windows guest as it finds a Linux one.

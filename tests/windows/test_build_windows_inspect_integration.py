@@ -20,11 +20,9 @@ from localbuilder.guest.local import LocalPlatform
 from localbuilder.orchestrator import Build, BuildOptions
 from localbuilder.run import run
 from localbuilder.state import RunState
-from localbuilder.template import parse_template
-from localbuilder.template.load import load_documents
 from localbuilder.windows.firstboot import BUILD_USER
 from tests.disk import ntfs
-from tests.windows.test_build_windows import TEMPLATE, TEST_PS_SCRIPT, FakeHypervisorPlatform
+from tests.windows.test_build_windows import TEMPLATE, FakeHypervisorPlatform, vhd_template
 
 pytestmark = [
     pytest.mark.integration,
@@ -57,18 +55,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def build(source: Path, corpus_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
           ) -> tuple[RealInspectionPlatform, object, Path]:
     monkeypatch.setattr("localbuilder.windows.restart.CHECK_INTERVAL", 0.05)
-    script = tmp_path / "testPsScript.ps1"
-    script.write_text(TEST_PS_SCRIPT)
-    index = tmp_path / "index.html"
-    index.write_text("<html>Azure Image Builder</html>\n")
-    loaded = load_documents(corpus_dir / TEMPLATE, sets=[
-        f"properties.customize[0].scriptUri={script.as_uri()}",
-        f"properties.customize[2].sourceUri={index.as_uri()}",
-        'properties.distribute=[{"type": "VHD", "runOutputName": "win"}]',
-        "properties.vmProfile.osDiskSizeGB=1",
-    ])  # fmt: skip
-    template, _ = parse_template(loaded[0])
-    assert template is not None
+    template = vhd_template(corpus_dir, tmp_path)
     platform = RealInspectionPlatform(source, tmp_path)
     options = BuildOptions(runs_root=tmp_path / "runs", output_dir=tmp_path / "out", interactive=False)
     try:
